@@ -1,0 +1,164 @@
+"""Stable Diffusion pipelines with random weights, saved in diffusers layout.
+
+They cost what the real model costs to run but need no download, so they serve the tests
+(`tiny`: 64 px native, ~4 MB) and the benchmarks (`sd15`: Stable Diffusion 1.5's architecture).
+`python -m inference dummy-model FOLDER` writes one, for checking a machine end to end offline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PRESETS = ("tiny", "sd15")
+
+
+def _byte_level_tokenizer_files(folder: Path) -> None:
+    """A CLIP byte-level BPE vocabulary with every byte symbol and no merges."""
+    # GPT-2's reversible byte-to-printable-character map, which CLIP's tokenizer uses.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    symbols = [chr(b) for b in printable]
+    symbols += [chr(256 + n) for n in range(256 - len(printable))]
+    vocab: dict[str, int] = {}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+def build_dummy_pipeline(preset: str = "tiny", *, always_flag: bool = False, seed: int = 0):
+    """A `StableDiffusionPipeline` with random weights of the given architecture."""
+    import tempfile
+
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.pipelines.stable_diffusion.safety_checker import (
+        StableDiffusionSafetyChecker,
+    )
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+    )
+
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; use one of: {', '.join(PRESETS)}.")
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        _byte_level_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.eos_token_id}
+    if preset == "tiny":
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16, 16, 16),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            norm_num_groups=8,
+            layers_per_block=1,
+            sample_size=64,
+        )
+        text_config = CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            **special,
+        )
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=512,
+        )
+        text_config = CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            **special,
+        )
+    text_encoder = CLIPTextModel(text_config)
+    safety_config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                     "num_hidden_layers": 2, "vocab_size": 1000, "bos_token_id": 0,
+                     "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                       "num_hidden_layers": 2, "image_size": 224, "patch_size": 32},
+        projection_dim=32,
+    )
+    safety_checker = StableDiffusionSafetyChecker(safety_config)
+    if always_flag:
+        # A negative threshold makes every image's concept score exceed it.
+        with torch.no_grad():
+            safety_checker.concept_embeds_weights.fill_(-2.0)
+    feature_extractor = CLIPImageProcessor(
+        crop_size=224, size={"shortest_edge": 224}, do_center_crop=True, do_resize=True
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=safety_checker,
+        feature_extractor=feature_extractor,
+        requires_safety_checker=True,
+    )
+
+
+def save_dummy_model(folder: str | Path, preset: str = "tiny", *, always_flag: bool = False) -> Path:
+    """Write a random-weight pipeline to `folder` in diffusers layout and return the folder."""
+    folder = Path(folder)
+    pipe = build_dummy_pipeline(preset, always_flag=always_flag)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

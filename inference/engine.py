@@ -1,0 +1,468 @@
+"""The inference engine: one diffusers pipeline, loaded once, that runs batches of requests.
+
+It knows torch and diffusers and nothing of Discord. The worker process owns one `Engine`;
+`python -m inference` uses one directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .request import GeneratedImage, GenerationRequest, GenerationResult, RequestError
+
+log = logging.getLogger(__name__)
+
+# transformers warns at import time about optional packages (torchvision) that Easel does not
+# use; keep its warnings for real problems only. A user's own setting wins.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], Iterable[str]]
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message is one line a person can act on."""
+
+
+class JobCancelled(Exception):
+    """Raised out of the step callback so the pipeline stops without decoding anything."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to load and run the pipeline (pickle-safe: it is sent to the worker process)."""
+
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    safety_checker: bool = True
+    # Optional latent upscaler (hub id or folder); empty = resize + image-to-image.
+    upscaler: str = ""
+    # Test hooks: fail the first N pipeline calls with out-of-memory errors, etc.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    """One image to make: which request it belongs to and its own seed."""
+
+    request_index: int
+    image_index: int
+    prompt: str
+    negative: str
+    seed: int
+
+
+def resolve_device(name: str) -> str:
+    """`auto` picks cuda, then mps, then cpu."""
+    import torch
+
+    if name not in DEVICES:
+        raise ModelLoadError(f"Unknown device {name!r}; use one of: {', '.join(DEVICES)}.")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("EASEL_DEVICE is cuda but torch sees no CUDA GPU; use auto or cpu.")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ModelLoadError("EASEL_DEVICE is mps but this machine has no MPS device.")
+    return name
+
+
+def resolve_dtype(name: str, device: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype {name!r}; use one of: {', '.join(DTYPES)}.")
+    if name == "auto":
+        return torch.float16 if device in ("cuda", "mps") else torch.float32
+    return getattr(torch, name)
+
+
+def png_with_recipe(image, recipe: dict[str, Any]) -> bytes:
+    """Encode a PIL image as PNG with the recipe in text chunks.
+
+    `parameters` is the line format other Stable Diffusion tools read; `easel` is JSON.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", recipe_to_parameters(recipe))
+    info.add_text("easel", json.dumps(recipe, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def recipe_to_parameters(recipe: dict[str, Any]) -> str:
+    lines = [recipe.get("prompt", "")]
+    if recipe.get("negative"):
+        lines.append(f"Negative prompt: {recipe['negative']}")
+    fields = [
+        f"Steps: {recipe.get('steps')}",
+        f"Sampler: {recipe.get('sampler')}",
+        f"CFG scale: {recipe.get('guidance')}",
+        f"Seed: {recipe.get('seed')}",
+        f"Size: {recipe.get('width')}x{recipe.get('height')}",
+        f"Model: {recipe.get('model')}",
+    ]
+    if recipe.get("mode", "txt2img") != "txt2img":
+        fields.append(f"Mode: {recipe['mode']}")
+        fields.append(f"Denoising strength: {recipe.get('strength')}")
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def read_png_recipe(png: bytes) -> dict[str, Any]:
+    """The recipe stored in an Easel PNG (empty if there is none)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        text = image.text.get("easel") if hasattr(image, "text") else None
+    return json.loads(text) if text else {}
+
+
+class Engine:
+    """Loads one pipeline and runs batches of compatible requests through it."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device = "cpu"
+        self.dtype = None
+        self.pipe = None
+        self._img2img = None
+        self._upscaler = None
+        self.safety_checker = None
+        self.feature_extractor = None
+        self.load_seconds = 0.0
+        self._oom_injections = int(config.extra.get("fail_oom_above", 0))
+
+    # --- loading -------------------------------------------------------------------------
+
+    def load(self) -> Engine:
+        """Load the pipeline once through `from_pretrained` (hub id or local folder)."""
+        import torch
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+        started = time.perf_counter()
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.dtype, self.device)
+        model = self.config.model
+        if not model:
+            raise ModelLoadError("No model is set; set EASEL_MODEL to a hub id or a folder.")
+        if _looks_like_path(model) and not os.path.isdir(model):
+            raise ModelLoadError(f"Model folder {model!r} does not exist.")
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=self.dtype)
+        except Exception as error:  # diffusers raises many types; all mean "cannot load"
+            raise ModelLoadError(_explain_load_error(model, error)) from None
+        # The checker runs on our decoded images (the pipeline's own would black them out).
+        self.safety_checker = getattr(pipe, "safety_checker", None)
+        self.feature_extractor = getattr(pipe, "feature_extractor", None)
+        if not self.config.safety_checker:
+            self.safety_checker = None
+        if self.safety_checker is not None:
+            self.safety_checker.to(self.device)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        if hasattr(pipe, "unet"):
+            # SDPA is diffusers' default attention processor in torch 2; make it explicit.
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+        if self.config.compile:
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=False)
+        self.pipe = pipe
+        self._base_scheduler_config = pipe.scheduler.config
+        self._img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+        self._img2img.set_progress_bar_config(disable=True)
+        if self.config.upscaler:
+            from diffusers import StableDiffusionLatentUpscalePipeline
+
+            try:
+                self._upscaler = StableDiffusionLatentUpscalePipeline.from_pretrained(
+                    self.config.upscaler, dtype=self.dtype
+                ).to(self.device)
+            except Exception as error:
+                raise ModelLoadError(_explain_load_error(self.config.upscaler, error)) from None
+            self._upscaler.set_progress_bar_config(disable=True)
+        self.load_seconds = time.perf_counter() - started
+        log.info("Loaded %s on %s (%s) in %.1f s", model, self.device, self.dtype,
+                 self.load_seconds)
+        return self
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(getattr(self.pipe, "vae_scale_factor", 8))
+
+    @property
+    def native_size(self) -> int:
+        """The model's native square size in pixels: 512 for SD 1.5, 1024 for SDXL."""
+        return int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return int(getattr(self.pipe.tokenizer, "model_max_length", 77))
+
+    def prompt_truncated(self, prompt: str) -> bool:
+        """True when the text encoder will only see the first 77 tokens of `prompt`."""
+        tokenizer = self.pipe.tokenizer
+        return len(tokenizer(prompt, truncation=False).input_ids) > self.max_prompt_tokens
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(
+        self,
+        batch: list[GenerationRequest],
+        on_progress: ProgressCallback | None = None,
+        cancelled: CancelCheck | None = None,
+    ) -> list[GenerationResult]:
+        """Run compatible requests in one pipeline call; one result per request, in order."""
+        if self.pipe is None:
+            raise RuntimeError("Engine.load() must be called first.")
+        if not batch:
+            return []
+        keys = {request.batch_key() for request in batch}
+        if len(keys) > 1:
+            raise RequestError("A batch must hold requests with the same size, steps and sampler.")
+        requests = [request.with_seed() for request in batch]
+        results = [
+            GenerationResult(job_id=request.job_id, batch_size=len(requests),
+                             prompt_truncated=self.prompt_truncated(request.prompt))
+            for request in requests
+        ]
+        job_ids = {request.job_id for request in requests}
+        cancelled = cancelled or (lambda: ())
+        slots = [
+            _Slot(i, k, request.prompt, request.negative, seed)
+            for i, request in enumerate(requests)
+            for k, seed in enumerate(request.image_seeds())
+        ]
+        started = time.perf_counter()
+        try:
+            images = self._run_slots(requests[0], slots, on_progress, job_ids, cancelled)
+        except JobCancelled:
+            for result in results:
+                result.cancelled = True
+            return results
+        elapsed = time.perf_counter() - started
+        stopped = set(cancelled())
+        total_images = len(slots)
+        for index, (result, request) in enumerate(zip(results, requests, strict=True)):
+            mine = [(slot, array, flag) for slot, array, flag in images
+                    if slot.request_index == index]
+            if request.job_id in stopped:
+                result.cancelled = True
+                continue
+            if any(array is None for _, array, _ in mine):
+                result.error = (
+                    "The GPU ran out of memory even for a single image; "
+                    "try a smaller size or fewer steps."
+                )
+                continue
+            for slot, array, flag in mine:
+                result.images.append(self._to_image(request, slot, array, flag))
+            result.timings = {
+                "inference": elapsed * len(mine) / total_images,
+                "batch": elapsed,
+            }
+        return results
+
+    def _run_slots(self, template, slots, on_progress, job_ids, cancelled):
+        """Run the slots in one call; on out-of-memory, split in halves and retry."""
+        import torch
+
+        try:
+            arrays = self._call_pipeline(template, slots, on_progress, job_ids, cancelled)
+        except torch.OutOfMemoryError:
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            if len(slots) == 1:
+                log.warning("Out of memory for a single image of %sx%s", template.width,
+                            template.height)
+                return [(slots[0], None, False)]
+            half = len(slots) // 2
+            log.warning("Out of memory with %d images; retrying as %d + %d", len(slots), half,
+                        len(slots) - half)
+            return self._run_slots(template, slots[:half], on_progress, job_ids, cancelled) + \
+                self._run_slots(template, slots[half:], on_progress, job_ids, cancelled)
+        flags = self._safety_flags(arrays)
+        return list(zip(slots, arrays, flags, strict=True))
+
+    def _call_pipeline(self, template: GenerationRequest, slots, on_progress, job_ids, cancelled):
+        import torch
+
+        if self._oom_injections and len(slots) > self._oom_injections:
+            # Test hook standing in for a real CUDA out-of-memory error on big batches.
+            raise torch.OutOfMemoryError("injected out of memory")
+        generators = [torch.Generator("cpu").manual_seed(slot.seed) for slot in slots]
+        prompts = [slot.prompt for slot in slots]
+        negatives = [slot.negative for slot in slots]
+        total = template.steps
+
+        def step_end(pipe, step, timestep, callback_kwargs):
+            if job_ids and job_ids <= set(cancelled()):
+                raise JobCancelled()
+            if on_progress is not None:
+                on_progress(step + 1, getattr(pipe, "num_timesteps", None) or total)
+            return callback_kwargs
+
+        common = dict(
+            prompt=prompts,
+            negative_prompt=negatives if any(negatives) else None,
+            num_inference_steps=template.steps,
+            guidance_scale=template.guidance,
+            generator=generators,
+            output_type="latent",
+            callback_on_step_end=step_end,
+        )
+        scheduler = self._scheduler(template.sampler)
+        with torch.inference_mode():
+            if template.mode == "txt2img":
+                self.pipe.scheduler = scheduler
+                latents = self.pipe(width=template.width, height=template.height, **common).images
+            elif template.mode == "upscale" and self._upscaler is not None:
+                return self._latent_upscale(template, slots, generators)
+            else:
+                init = self._init_image(template)
+                self._img2img.scheduler = scheduler
+                latents = self._img2img(
+                    image=[init] * len(slots), strength=template.strength, **common
+                ).images
+            return self._decode(latents)
+
+    def _scheduler(self, sampler: str):
+        from .samplers import make_scheduler
+
+        return make_scheduler(sampler, self._base_scheduler_config)
+
+    def _init_image(self, request: GenerationRequest):
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(request.init_image)).convert("RGB")
+        if image.size != (request.width, request.height):
+            image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        return image
+
+    def _latent_upscale(self, request, slots, generators):
+        import numpy as np
+
+        source = self._init_image(
+            GenerationRequest(prompt="", init_image=request.init_image,
+                              width=request.width // 2, height=request.height // 2)
+        )
+        arrays = []
+        for slot, generator in zip(slots, generators, strict=True):
+            out = self._upscaler(prompt=slot.prompt, image=source, num_inference_steps=request.steps,
+                                 guidance_scale=0, generator=generator, output_type="np")
+            arrays.append(np.asarray(out.images[0], dtype=np.float32))
+        return arrays
+
+    def _decode(self, latents):
+        """Latents to float images in [0, 1] (N, H, W, 3); NaN or black fp16 decodes redone in fp32."""
+        import torch
+
+        vae = self.pipe.vae
+        scaled = latents / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            scaled = scaled + vae.config.shift_factor
+        decoded = self._vae_decode(scaled.to(vae.dtype)).float()
+        broken = [
+            i for i in range(decoded.shape[0])
+            if not torch.isfinite(decoded[i]).all() or decoded[i].max() <= -0.99
+        ]
+        if broken:
+            log.warning("Decoding %d image(s) again in fp32 (NaN or black in %s)", len(broken),
+                        vae.dtype)
+            original_dtype = vae.dtype
+            vae.to(torch.float32)
+            try:
+                redo = self._vae_decode(scaled[broken].float()).float()
+            finally:
+                vae.to(original_dtype)
+            decoded[broken] = redo
+        images = (decoded / 2 + 0.5).clamp(0, 1).nan_to_num(0.0)
+        return list(images.permute(0, 2, 3, 1).cpu().numpy())
+
+    def _vae_decode(self, latents):
+        return self.pipe.vae.decode(latents, return_dict=False)[0]
+
+    def _safety_flags(self, arrays) -> list[bool]:
+        """Run the checkpoint's safety checker on decoded images, without blacking them out."""
+        import numpy as np
+        import torch
+
+        if self.safety_checker is None or self.feature_extractor is None:
+            return [False] * len(arrays)
+        present = [a for a in arrays if a is not None]
+        if not present:
+            return [False] * len(arrays)
+        from diffusers.utils import numpy_to_pil
+
+        stack = np.stack(present)
+        features = self.feature_extractor(numpy_to_pil(stack), return_tensors="pt")
+        with torch.inference_mode():
+            _, flags = self.safety_checker(
+                images=stack.copy(),
+                clip_input=features.pixel_values.to(self.device, self.safety_checker.dtype),
+            )
+        flags_iter = iter(bool(f) for f in flags)
+        return [next(flags_iter) if a is not None else False for a in arrays]
+
+    def _to_image(self, request: GenerationRequest, slot: _Slot, array, flag: bool):
+        import numpy as np
+        from PIL import Image
+
+        pixels = (np.asarray(array) * 255).round().astype("uint8")
+        image = Image.fromarray(pixels)
+        recipe = request.recipe()
+        recipe.update(seed=slot.seed, count=1, width=image.width, height=image.height,
+                      model=request.model or self.config.model)
+        return GeneratedImage(
+            png=png_with_recipe(image, recipe),
+            seed=slot.seed,
+            index=slot.image_index,
+            nsfw=flag,
+            width=image.width,
+            height=image.height,
+        )
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or os.sep in model and model.count("/") != 1 \
+        or os.path.exists(model)
+
+
+def _explain_load_error(model: str, error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if os.path.isdir(model):
+        return f"{model!r} is not a diffusers model folder ({text})."
+    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+    if offline or "connect" in text.lower() or "offline" in text.lower():
+        return (
+            f"Could not load {model!r}: it is not in the local cache and the hub cannot be "
+            "reached; download it once with network access, or point EASEL_MODEL at a folder."
+        )
+    return f"Could not load {model!r}: {text}"

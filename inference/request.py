@@ -1,0 +1,233 @@
+"""Requests and results that cross the process boundary.
+
+Everything here is a plain, pickle-safe dataclass: the bot builds a `GenerationRequest`, the
+queue stores it, the worker process runs it and sends back a `GenerationResult` whose images
+travel as PNG bytes. Nothing here imports torch or discord.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MAX_SEED = 2**32 - 1
+
+Mode = Literal["txt2img", "img2img", "upscale"]
+MODES: tuple[str, ...] = ("txt2img", "img2img", "upscale")
+
+# Width:height of each aspect preset; the area stays close to the model's native square.
+ASPECTS: dict[str, tuple[int, int]] = {
+    "square": (1, 1),
+    "portrait": (2, 3),
+    "landscape": (3, 2),
+    "wide": (16, 9),
+    "tall": (9, 16),
+}
+
+# Sampler names users see, in the order they are offered.
+SAMPLERS: tuple[str, ...] = (
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "Euler",
+    "Euler a",
+    "DDIM",
+    "LCM",
+)
+
+
+class RequestError(ValueError):
+    """A request that cannot run; the message is one sentence that says what to change."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds a request is validated against (built from the settings)."""
+
+    max_prompt_chars: int = 1000
+    min_steps: int = 1
+    max_steps: int = 50
+    min_guidance: float = 0.0
+    max_guidance: float = 20.0
+    max_count: int = 4
+    max_pixels: int = 1024 * 1024
+    samplers: tuple[str, ...] = SAMPLERS
+
+
+@dataclass
+class GenerationRequest:
+    """One job: `count` images of one recipe. Image i uses seed `seed + i` (mod 2³²)."""
+
+    prompt: str
+    negative: str = ""
+    seed: int | None = None
+    steps: int = 25
+    guidance: float = 7.0
+    width: int = 512
+    height: int = 512
+    count: int = 1
+    sampler: str = "DPM++ 2M Karras"
+    mode: Mode = "txt2img"
+    # Source image for img2img / upscale, as PNG bytes, and how far to move away from it.
+    init_image: bytes | None = None
+    strength: float = 0.6
+    model: str = ""
+    job_id: str = ""
+
+    def with_seed(self) -> GenerationRequest:
+        """A copy whose seed is fixed (a random one if none was given)."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=random.randint(0, MAX_SEED))
+
+    def image_seeds(self) -> list[int]:
+        """The seed of each image of this request."""
+        if self.seed is None:
+            raise RequestError("The request has no seed yet; call with_seed() first.")
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    @property
+    def cost(self) -> int:
+        """What this job costs the GPU, for fair scheduling: pixels × steps × images."""
+        steps = self.steps
+        if self.mode != "txt2img":
+            # img2img runs only the last `strength` fraction of the schedule.
+            steps = max(1, int(self.steps * self.strength))
+        return self.width * self.height * steps * self.count
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys may share one pipeline call."""
+        if self.mode != "txt2img":
+            # Each source image is its own call; never batch them with others.
+            return (self.mode, self.job_id)
+        return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
+                round(self.guidance, 4))
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything needed to reproduce the request (no image bytes)."""
+        data = dataclasses.asdict(self)
+        data.pop("init_image")
+        data.pop("job_id")
+        if self.mode == "txt2img":
+            data.pop("strength")
+        return data
+
+    def to_json(self) -> str:
+        """The request as JSON (the source image is left out; it lives as a file)."""
+        return json.dumps(self.recipe(), sort_keys=True)
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], **overrides: Any) -> GenerationRequest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in recipe.items() if k in known}
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class GeneratedImage:
+    """One image of a result: PNG bytes (never redacted) and whether the safety checker flagged it."""
+
+    png: bytes
+    seed: int
+    index: int
+    nsfw: bool = False
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class GenerationResult:
+    """What the worker sends back for one request."""
+
+    job_id: str
+    images: list[GeneratedImage] = field(default_factory=list)
+    error: str | None = None
+    cancelled: bool = False
+    prompt_truncated: bool = False
+    # Seconds: "inference" is the job's share of its pipeline call; "batch" the whole call.
+    timings: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.cancelled
+
+    @property
+    def any_flagged(self) -> bool:
+        return any(image.nsfw for image in self.images)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{name} must be a whole number between {low} and {high}.")
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low} and {high} (got {value}).")
+    return value
+
+
+def validate(request: GenerationRequest, limits: Limits) -> GenerationRequest:
+    """Check a request against the limits; raise `RequestError` with one clear sentence."""
+    prompt = (request.prompt or "").strip()
+    if not prompt:
+        raise RequestError("The prompt is empty; describe the image you want.")
+    if len(prompt) > limits.max_prompt_chars:
+        raise RequestError(
+            f"The prompt is {len(prompt)} characters long; keep it under "
+            f"{limits.max_prompt_chars + 1}."
+        )
+    if len(request.negative or "") > limits.max_prompt_chars:
+        raise RequestError(
+            f"The negative prompt is too long; keep it under {limits.max_prompt_chars + 1} "
+            "characters."
+        )
+    _check_int("steps", request.steps, limits.min_steps, limits.max_steps)
+    if isinstance(request.guidance, bool) or not isinstance(request.guidance, (int, float)):
+        raise RequestError("guidance must be a number.")
+    if not limits.min_guidance <= request.guidance <= limits.max_guidance:
+        raise RequestError(
+            f"guidance must be between {limits.min_guidance:g} and {limits.max_guidance:g} "
+            f"(got {request.guidance:g})."
+        )
+    _check_int("count", request.count, 1, limits.max_count)
+    if request.seed is not None:
+        _check_int("seed", request.seed, 0, MAX_SEED)
+    if request.sampler not in limits.samplers:
+        raise RequestError(
+            f"Unknown sampler {request.sampler!r}; choose one of: {', '.join(limits.samplers)}."
+        )
+    for name, value in (("width", request.width), ("height", request.height)):
+        _check_int(name, value, 8, 16384)
+        if value % 8:
+            raise RequestError(f"{name} must be a multiple of 8 (got {value}).")
+    pixels = request.width * request.height
+    if pixels > limits.max_pixels:
+        raise RequestError(
+            f"{request.width}×{request.height} is too large; keep width × height at or under "
+            f"{limits.max_pixels} pixels."
+        )
+    if request.mode not in MODES:
+        raise RequestError(f"Unknown mode {request.mode!r}; use one of: {', '.join(MODES)}.")
+    if request.mode != "txt2img":
+        if not request.init_image:
+            raise RequestError(f"A {request.mode} request needs a source image.")
+        if not 0.0 < request.strength <= 1.0:
+            raise RequestError(f"strength must be above 0 and at most 1 (got {request.strength}).")
+    return dataclasses.replace(request, prompt=prompt, negative=(request.negative or "").strip())
+
+
+def aspect_size(aspect: str, native: int) -> tuple[int, int]:
+    """Width and height of an aspect preset for a model whose native square is `native` px.
+
+    The area stays at or under native², both sides are multiples of 8.
+    """
+    if aspect not in ASPECTS:
+        raise RequestError(f"Unknown aspect {aspect!r}; choose one of: {', '.join(ASPECTS)}.")
+    w_ratio, h_ratio = ASPECTS[aspect]
+    scale = (native * native / (w_ratio * h_ratio)) ** 0.5
+    width = max(8, int(w_ratio * scale) // 8 * 8)
+    height = max(8, int(h_ratio * scale) // 8 * 8)
+    return width, height

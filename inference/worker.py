@@ -1,0 +1,326 @@
+"""The worker process that owns the GPU, and its asyncio-side supervisor.
+
+A CUDA error poisons the process's CUDA context and only a new process recovers, so the engine
+lives in its own (spawned) process. `Worker` talks to it over two one-way pipes; a reader thread
+turns the child's messages into callbacks on the event loop, so inference never blocks the bot.
+If the child dies mid-batch, the supervisor starts a new one and retries the batch once; a second
+crash fails the batch's jobs with a clear error and the fresh worker serves the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import queue
+import resource
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .engine import EngineConfig, ModelLoadError
+from .request import GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
+
+JobProgress = Callable[[str, int, int], None]
+
+CRASHED_TWICE = (
+    "The image worker crashed twice while making this image, so it was skipped; "
+    "try again, perhaps with a smaller size or fewer images."
+)
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker process died before it answered."""
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _gpu_peak_mb() -> float | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+    except Exception:  # pragma: no cover - informational only
+        return None
+    return None
+
+
+def _child_main(config: EngineConfig, inbox, outbox) -> None:
+    """Entry point of the worker process: load once, then run batches until told to stop."""
+    import logging as child_logging
+
+    from .engine import Engine
+
+    child_logging.basicConfig(level=child_logging.INFO,
+                              format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        engine = Engine(config).load()
+    except ModelLoadError as error:
+        outbox.send(("load_failed", str(error)))
+        return
+    outbox.send(("ready", {
+        "native_size": engine.native_size,
+        "device": engine.device,
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "model": config.model,
+        "load_seconds": time.perf_counter() - started,
+        "peak_rss_mb": _peak_rss_mb(),
+    }))
+
+    jobs: queue.Queue = queue.Queue()
+    cancelled: set[str] = set()
+    step_delay = float(config.extra.get("step_delay", 0.0))
+
+    def listen() -> None:
+        while True:
+            try:
+                message = inbox.recv()
+            except (EOFError, OSError):
+                jobs.put(None)  # the parent is gone: stop
+                return
+            if message[0] == "cancel":
+                cancelled.add(message[1])
+            elif message[0] == "run":
+                jobs.put(message)
+            elif message[0] == "stop":
+                jobs.put(None)
+                return
+
+    threading.Thread(target=listen, name="easel-worker-inbox", daemon=True).start()
+    while (message := jobs.get()) is not None:
+        _, batch_id, batch = message
+
+        def progress(step: int, total: int, batch_id: int = batch_id) -> None:
+            if step_delay:
+                time.sleep(step_delay)  # test hook: leaves time to cancel or kill mid-run
+            outbox.send(("progress", batch_id, step, total))
+
+        try:
+            results = engine.run(batch, on_progress=progress, cancelled=lambda: cancelled)
+        except Exception as error:  # a bug or a bad request must not kill the worker
+            log.exception("Batch %s failed", batch_id)
+            outbox.send(("failed", batch_id, f"{type(error).__name__}: {error}"))
+        else:
+            outbox.send(("result", batch_id, results,
+                         {"peak_rss_mb": _peak_rss_mb(), "gpu_peak_mb": _gpu_peak_mb()}))
+        for request in batch:
+            cancelled.discard(request.job_id)
+
+
+class Worker:
+    """Runs batches in a supervised worker process: `await worker.run(batch, on_progress=…)`."""
+
+    def __init__(self, config: EngineConfig, *, start_timeout: float = 600.0):
+        self.config = config
+        self.start_timeout = start_timeout
+        self.info: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {}
+        self.restarts = 0
+        self._process = None
+        self._inbox = None
+        self._outbox = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future | None = None
+        self._pending: dict[int, tuple[asyncio.Future, list[str], JobProgress | None]] = {}
+        self._ids = itertools.count(1)
+        self._run_lock = asyncio.Lock()
+        self._cancelled: set[str] = set()
+        self._stopping = False
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+    @property
+    def native_size(self) -> int:
+        return int(self.info.get("native_size", 512))
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    async def start(self) -> None:
+        """Start the process and wait until the model is loaded."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        context = multiprocessing.get_context("spawn")
+        child_inbox, self._inbox = context.Pipe(duplex=False)
+        self._outbox, child_outbox = context.Pipe(duplex=False)
+        self._ready = self._loop.create_future()
+        self._process = context.Process(
+            target=_child_main, args=(self.config, child_inbox, child_outbox),
+            name="easel-inference", daemon=True,
+        )
+        started = time.perf_counter()
+        self._process.start()
+        child_inbox.close()
+        child_outbox.close()
+        threading.Thread(target=self._read, args=(self._outbox, self._ready),
+                         name="easel-worker-reader", daemon=True).start()
+        try:
+            self.info = await asyncio.wait_for(self._ready, self.start_timeout)
+        except TimeoutError:
+            await self._kill()
+            raise ModelLoadError(
+                f"The model did not load within {self.start_timeout:.0f} s."
+            ) from None
+        except BaseException:
+            await self._kill()
+            raise
+        self.info["start_seconds"] = time.perf_counter() - started
+        log.info("Worker %s ready in %.1f s: %s on %s", self.pid, self.info["start_seconds"],
+                 self.info.get("model"), self.info.get("device"))
+
+    def _read(self, outbox, ready: asyncio.Future) -> None:
+        """Reader thread: hand every message from the child to the event loop."""
+        loop = self._loop
+        while True:
+            try:
+                message = outbox.recv()
+            except (EOFError, OSError):
+                break
+            except Exception:  # an unpicklable message: report it as a crash
+                log.exception("Bad message from the worker")
+                break
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                loop.call_soon_threadsafe(self._on_message, message, ready)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_exit, ready)
+
+    def _on_message(self, message: tuple, ready: asyncio.Future) -> None:
+        kind = message[0]
+        if kind == "ready":
+            if not ready.done():
+                ready.set_result(message[1])
+        elif kind == "load_failed":
+            if not ready.done():
+                ready.set_exception(ModelLoadError(message[1]))
+        elif kind == "progress":
+            _, batch_id, step, total = message
+            entry = self._pending.get(batch_id)
+            if entry and entry[2] is not None:
+                for job_id in entry[1]:
+                    try:
+                        entry[2](job_id, step, total)
+                    except Exception:
+                        log.exception("Progress callback failed")
+        elif kind in ("result", "failed"):
+            entry = self._pending.pop(message[1], None)
+            if entry is None or entry[0].done():
+                return
+            if kind == "result":
+                self.stats.update({k: v for k, v in message[3].items() if v is not None})
+                entry[0].set_result(message[2])
+            else:
+                entry[0].set_exception(RuntimeError(message[2]))
+
+    def _on_exit(self, ready: asyncio.Future) -> None:
+        if not ready.done():
+            ready.set_exception(ModelLoadError("The worker process exited while loading the model."))
+        if ready is not self._ready:
+            return  # an old process's reader, already replaced
+        pending, self._pending = self._pending, {}
+        for future, _, _ in pending.values():
+            if not future.done():
+                future.set_exception(WorkerCrashed("The worker process died."))
+
+    async def run(
+        self, batch: list[GenerationRequest], on_progress: JobProgress | None = None
+    ) -> list[GenerationResult]:
+        """Run a batch; one result per request, in order. Never raises for a worker crash."""
+        async with self._run_lock:
+            for attempt in (1, 2):
+                if not self.alive:
+                    await self._restart()
+                try:
+                    results = await self._run_once(batch, on_progress)
+                except WorkerCrashed:
+                    log.error("Worker crashed running jobs %s (attempt %d)",
+                              [r.job_id for r in batch], attempt)
+                    await self._restart()
+                    continue
+                except RuntimeError as error:
+                    return [GenerationResult(job_id=r.job_id, error=str(error), attempts=attempt)
+                            for r in batch]
+                for result in results:
+                    result.attempts = attempt
+                    if result.job_id in self._cancelled:
+                        result.cancelled = True
+                self._cancelled.difference_update(r.job_id for r in batch)
+                return results
+            self._cancelled.difference_update(r.job_id for r in batch)
+            return [GenerationResult(job_id=r.job_id, error=CRASHED_TWICE, attempts=2)
+                    for r in batch]
+
+    async def _run_once(self, batch, on_progress) -> list[GenerationResult]:
+        batch = [r for r in batch]
+        # A job cancelled before a retry is not run again.
+        cancelled_now = [r for r in batch if r.job_id in self._cancelled]
+        if cancelled_now and len(cancelled_now) == len(batch):
+            return [GenerationResult(job_id=r.job_id, cancelled=True) for r in batch]
+        batch_id = next(self._ids)
+        future = self._loop.create_future()
+        self._pending[batch_id] = (future, [r.job_id for r in batch], on_progress)
+        try:
+            self._inbox.send(("run", batch_id, batch))
+            for request in cancelled_now:
+                self._inbox.send(("cancel", request.job_id))
+        except (BrokenPipeError, OSError):
+            self._pending.pop(batch_id, None)
+            raise WorkerCrashed("The worker process is gone.") from None
+        return await future
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a running job between steps; its result comes back with `cancelled=True`."""
+        self._cancelled.add(job_id)
+        if self._inbox is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._inbox.send(("cancel", job_id))
+
+    async def _restart(self) -> None:
+        if self._stopping:
+            raise WorkerCrashed("The worker is shutting down.")
+        await self._kill()
+        self.restarts += 1
+        log.warning("Starting a new worker process (restart %d)", self.restarts)
+        await self.start()
+
+    async def _kill(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.is_alive():
+            process.kill()
+        await asyncio.to_thread(process.join, 10)
+        for connection in (self._inbox, self._outbox):
+            with contextlib.suppress(Exception):
+                connection.close()
+        self._process = None
+
+    async def stop(self) -> None:
+        """Ask the process to finish and wait for it (kill it if it does not)."""
+        self._stopping = True
+        process = self._process
+        if process is None:
+            return
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._inbox.send(("stop",))
+        await asyncio.to_thread(process.join, 10)
+        await self._kill()

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny random Stable Diffusion pipeline, saved once per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A ~4 MB random-weight pipeline in diffusers layout (64 px native)."""
+    from inference.dummy import save_dummy_model
+
+    return str(save_dummy_model(tmp_path_factory.mktemp("models") / "tiny", "tiny"))
+
+
+@pytest.fixture(scope="session")
+def flagging_model_dir(tmp_path_factory) -> str:
+    """The tiny pipeline with a safety checker that flags every image."""
+    from inference.dummy import save_dummy_model
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-flag"
+    return str(save_dummy_model(folder, "tiny", always_flag=True))

@@ -1,0 +1,197 @@
+"""The engine on a tiny random pipeline, loaded through the real from_pretrained path."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inference.engine import Engine, EngineConfig, ModelLoadError, read_png_recipe
+from inference.request import SAMPLERS, GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> Engine:
+    return Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load()
+
+
+def request(**overrides) -> GenerationRequest:
+    values = dict(prompt="a red fox", seed=42, steps=4, width=64, height=64, job_id="1")
+    values.update(overrides)
+    return GenerationRequest(**values)
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def test_native_size_and_device(engine):
+    """The tiny model's native size is 64 px; CPU runs in fp32."""
+    assert engine.native_size == 64
+    assert engine.device == "cpu"
+    assert engine.dtype == torch.float32
+
+
+def test_same_seed_same_bytes(engine):
+    """The same recipe and seed give byte-identical PNGs."""
+    first = engine.run([request()])[0].images[0].png
+    second = engine.run([request()])[0].images[0].png
+    assert first == second
+
+
+def test_batch_of_four_with_negatives(engine):
+    """A count-4 request with a negative prompt gives four distinct 64 px images."""
+    (result,) = engine.run([request(count=4, negative="blurry, text")])
+    assert result.ok and len(result.images) == 4
+    assert [image.seed for image in result.images] == [42, 43, 44, 45]
+    assert len({image.png for image in result.images}) == 4
+    for image in result.images:
+        assert Image.open(io.BytesIO(image.png)).size == (64, 64)
+
+
+def test_image_of_batch_matches_its_seed_alone(engine):
+    """Image i of a batch is reproducible alone with its own seed (within 1 per pixel)."""
+    (batch,) = engine.run([request(count=4, negative="blurry")])
+    (alone,) = engine.run([request(seed=44, negative="blurry")])
+    assert np.abs(pixels(batch.images[2].png) - pixels(alone.images[0].png)).max() <= 1
+
+
+def test_several_requests_share_one_call(engine):
+    """Compatible requests run together and each keeps its own prompt and seeds."""
+    results = engine.run([request(job_id="a", prompt="a cat", seed=1, count=2),
+                          request(job_id="b", prompt="a dog", seed=9)])
+    assert [r.job_id for r in results] == ["a", "b"]
+    assert [len(r.images) for r in results] == [2, 1]
+    assert all(r.batch_size == 2 for r in results)
+    assert read_png_recipe(results[1].images[0].png)["prompt"] == "a dog"
+    (alone,) = engine.run([request(prompt="a dog", seed=9)])
+    assert np.abs(pixels(results[1].images[0].png) - pixels(alone.images[0].png)).max() <= 1
+
+
+def test_png_carries_recipe(engine):
+    """Every PNG holds the recipe as JSON and in the common 'parameters' form."""
+    (result,) = engine.run([request(negative="fog", guidance=5.5, sampler="Euler a")])
+    png = result.images[0].png
+    recipe = read_png_recipe(png)
+    assert recipe["prompt"] == "a red fox" and recipe["negative"] == "fog"
+    assert recipe["seed"] == 42 and recipe["steps"] == 4 and recipe["guidance"] == 5.5
+    assert recipe["sampler"] == "Euler a" and recipe["width"] == 64
+    assert recipe["model"] == engine.config.model
+    text = Image.open(io.BytesIO(png)).text["parameters"]
+    assert "Negative prompt: fog" in text and "Seed: 42" in text and "Sampler: Euler a" in text
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_runs(engine, sampler):
+    """Each offered sampler maps to a working scheduler."""
+    (result,) = engine.run([request(sampler=sampler)])
+    assert result.ok and len(result.images) == 1
+
+
+def test_img2img_and_upscale_sizes(engine):
+    """Vary keeps the source size; upscale doubles it."""
+    source = engine.run([request()])[0].images[0].png
+    (vary,) = engine.run([request(mode="img2img", init_image=source, strength=0.6, seed=3)])
+    assert (vary.images[0].width, vary.images[0].height) == (64, 64)
+    assert vary.images[0].png != source
+    (upscaled,) = engine.run([request(mode="upscale", init_image=source, strength=0.3,
+                                      width=128, height=128)])
+    assert Image.open(io.BytesIO(upscaled.images[0].png)).size == (128, 128)
+    assert read_png_recipe(upscaled.images[0].png)["mode"] == "upscale"
+
+
+def test_progress_reports_every_step(engine):
+    """The progress callback sees step n of N for each step."""
+    seen = []
+    engine.run([request(steps=5)], on_progress=lambda step, total: seen.append((step, total)))
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_cancel_mid_run_returns_no_image(engine):
+    """Cancelling between steps stops the call: no half-denoised image comes back."""
+    cancelled: set[str] = set()
+    steps = []
+
+    def progress(step, total):
+        steps.append(step)
+        if step == 2:
+            cancelled.add("1")
+
+    (result,) = engine.run([request(steps=20)], on_progress=progress, cancelled=lambda: cancelled)
+    assert result.cancelled and not result.images
+    assert steps == [1, 2]
+
+
+def test_cancel_one_job_of_a_batch_keeps_the_others(engine):
+    """A cancelled job in a shared batch is dropped; the other still gets its image."""
+    (a, b) = engine.run([request(job_id="a"), request(job_id="b", seed=5)],
+                        cancelled=lambda: {"a"})
+    assert a.cancelled and not a.images
+    assert b.ok and len(b.images) == 1
+
+
+def test_long_prompt_is_reported_as_truncated(engine):
+    """A prompt over 77 tokens is flagged so the user can be told."""
+    (short,) = engine.run([request()])
+    (long,) = engine.run([request(prompt="a very long prompt " * 40)])
+    assert not short.prompt_truncated
+    assert long.prompt_truncated and long.ok
+
+
+def test_out_of_memory_splits_the_batch(tiny_model_dir):
+    """An out-of-memory error splits the batch in halves and still returns every image."""
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu",
+                                 extra={"fail_oom_above": 1})).load()
+    (result,) = engine.run([request(count=4)])
+    assert result.ok and len(result.images) == 4
+    (reference,) = Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load().run(
+        [request(count=4)])
+    for ours, theirs in zip(result.images, reference.images, strict=True):
+        assert np.abs(pixels(ours.png) - pixels(theirs.png)).max() <= 1
+
+
+def test_nan_decode_is_redone_in_fp32(engine, monkeypatch):
+    """A NaN decode (fp16 VAE overflow) is decoded again in fp32 instead of going out black."""
+    real = engine._vae_decode
+    calls = []
+
+    def flaky(latents):
+        calls.append(latents.dtype)
+        out = real(latents)
+        return torch.full_like(out, float("nan")) if len(calls) == 1 else out
+
+    monkeypatch.setattr(engine, "_vae_decode", flaky)
+    (result,) = engine.run([request()])
+    assert len(calls) == 2
+    assert pixels(result.images[0].png).max() > 0
+
+
+def test_always_flag_checker_withholds_but_keeps_image(flagging_model_dir):
+    """A flagged image is marked, and the image kept is the real one, not a black square."""
+    engine = Engine(EngineConfig(model=flagging_model_dir, device="cpu")).load()
+    (result,) = engine.run([request(count=2)])
+    assert [image.nsfw for image in result.images] == [True, True]
+    assert result.any_flagged
+    assert all(pixels(image.png).max() > 0 for image in result.images)
+
+
+def test_random_weights_do_not_flag(engine):
+    """The normal tiny checker passes random images."""
+    (result,) = engine.run([request(count=2)])
+    assert not result.any_flagged
+
+
+def test_missing_model_folder_is_one_clear_line(tmp_path):
+    """A bad folder fails with a one-line ModelLoadError."""
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Engine(EngineConfig(model=str(tmp_path / "nope"), device="cpu")).load()
+    with pytest.raises(ModelLoadError, match="not a diffusers model folder") as caught:
+        Engine(EngineConfig(model=str(tmp_path), device="cpu")).load()
+    assert "\n" not in str(caught.value)
+
+
+def test_hub_id_offline_is_one_clear_line():
+    """A hub id that is not cached, with no network, says what to do."""
+    with pytest.raises(ModelLoadError, match="cannot be reached"):
+        Engine(EngineConfig(model="someone/not-a-cached-model", device="cpu")).load()

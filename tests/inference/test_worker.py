@@ -1,0 +1,101 @@
+"""The worker process and its supervisor: crashes, retries, cancellation."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+import pytest_asyncio
+
+from inference.engine import EngineConfig, ModelLoadError
+from inference.request import GenerationRequest
+from inference.worker import CRASHED_TWICE, Worker
+
+# One worker process for the module: starting one costs seconds (torch import).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def request(job_id: str, **overrides) -> GenerationRequest:
+    values = dict(prompt="a red fox", seed=1, steps=4, width=64, height=64, job_id=job_id)
+    values.update(overrides)
+    return GenerationRequest(**values)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def worker(tiny_model_dir):
+    # A short pause per step leaves time to kill or cancel the process mid-job.
+    async with Worker(EngineConfig(model=tiny_model_dir, device="cpu",
+                                   extra={"step_delay": 0.05})) as running:
+        yield running
+
+
+async def test_runs_a_batch_and_reports_progress(worker):
+    """A batch runs in the child; progress arrives per job and step on the event loop."""
+    assert worker.native_size == 64 and worker.info["device"] == "cpu"
+    progress = []
+    results = await worker.run([request("a"), request("b", seed=2)],
+                               on_progress=lambda job, step, total: progress.append((job, step)))
+    assert [r.ok for r in results] == [True, True]
+    assert ("a", 4) in progress and ("b", 4) in progress
+    assert worker.stats["peak_rss_mb"] > 0
+
+
+async def test_event_loop_stays_free_while_generating(worker):
+    """The loop keeps ticking during a long job."""
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    await worker.run([request("slow", steps=10)])
+    task.cancel()
+    assert ticks > 20
+
+
+async def test_killed_worker_is_restarted_and_job_retried_once(worker):
+    """SIGKILL mid-job: a new process starts and the job completes on the retry."""
+    first_pid = worker.pid
+    killed = []
+
+    def kill_once(job, step, total):
+        if not killed:
+            killed.append(step)
+            os.kill(worker.pid, signal.SIGKILL)
+
+    (result,) = await worker.run([request("k")], on_progress=kill_once)
+    assert result.ok and len(result.images) == 1
+    assert result.attempts == 2
+    assert worker.restarts == 1 and worker.pid != first_pid
+
+    # A second crash on the retry fails the job with a clear error...
+    def kill_always(job, step, total):
+        os.kill(worker.pid, signal.SIGKILL)
+
+    (failed,) = await worker.run([request("k2")], on_progress=kill_always)
+    assert failed.error == CRASHED_TWICE and not failed.images
+    # ...and a fresh worker serves the next job.
+    (after,) = await worker.run([request("k3")])
+    assert after.ok
+
+
+async def test_cancel_a_running_job(worker):
+    """cancel(job_id) stops the job between steps with no image."""
+    steps = []
+    task = asyncio.create_task(
+        worker.run([request("c", steps=40)], on_progress=lambda j, s, t: steps.append(s)))
+    while not steps:
+        await asyncio.sleep(0.01)
+    worker.cancel("c")
+    (result,) = await task
+    assert result.cancelled and not result.images
+    assert max(steps) < 40
+
+
+async def test_bad_model_fails_start_with_clear_error(tmp_path):
+    """A worker with a missing model folder raises ModelLoadError from start()."""
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        await Worker(EngineConfig(model=str(tmp_path / "missing"), device="cpu")).start()
