@@ -20,8 +20,14 @@ from inference.engine import DEVICES, DTYPES, EngineConfig
 from inference.request import ASPECTS, SAMPLERS, Limits
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "config" / "default.toml"
-PERMISSIONS = ("manage_messages", "manage_guild", "moderate_members", "kick_members",
-               "ban_members", "administrator")
+PERMISSIONS = (
+    "manage_messages",
+    "manage_guild",
+    "moderate_members",
+    "kick_members",
+    "ban_members",
+    "administrator",
+)
 SAFETY_MODES = ("withhold", "spoiler")
 
 # The well-known variable names DESIGN.md promises, and the setting each one sets.
@@ -54,7 +60,6 @@ class DiscordSettings:
     guild_id: int = field(default=0, metadata=_range(0))
     log_channel_id: int = field(default=0, metadata=_range(0))
     progress_interval: float = field(default=1.0, metadata=_range(0.2, 60))
-    progress_preview: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,16 +140,27 @@ class Settings:
     def limits(self) -> Limits:
         g = self.generation
         return Limits(
-            max_prompt_chars=g.max_prompt_chars, min_steps=g.min_steps, max_steps=g.max_steps,
-            min_guidance=g.min_guidance, max_guidance=g.max_guidance, max_count=g.max_count,
-            max_pixels=g.max_pixels, samplers=g.samplers,
+            max_prompt_chars=g.max_prompt_chars,
+            min_steps=g.min_steps,
+            max_steps=g.max_steps,
+            min_guidance=g.min_guidance,
+            max_guidance=g.max_guidance,
+            max_count=g.max_count,
+            max_pixels=g.max_pixels,
+            samplers=g.samplers,
         )
 
     @property
     def engine(self) -> EngineConfig:
         m = self.model
-        return EngineConfig(model=m.id, device=m.device, dtype=m.dtype, compile=m.compile,
-                            safety_checker=m.safety_checker, upscaler=m.upscaler)
+        return EngineConfig(
+            model=m.id,
+            device=m.device,
+            dtype=m.dtype,
+            compile=m.compile,
+            safety_checker=m.safety_checker,
+            upscaler=m.upscaler,
+        )
 
     @property
     def database_path(self) -> Path:
@@ -196,8 +212,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return value
     except (TypeError, ValueError, json.JSONDecodeError):
         pass
-    expected = {bool: "true or false", int: "a whole number", float: "a number",
-                Path: "a folder path", str: "a string"}.get(kind, "a list of strings")
+    expected = {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        Path: "a folder path",
+        str: "a string",
+    }.get(kind, "a list of strings")
     raise SettingsError(f"Setting {key}: expected {expected}, got {value!r}.")
 
 
@@ -251,7 +272,7 @@ def _env_layer(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     for name, value in environ.items():
         if not name.startswith("EASEL_") or name in ALIASES or name == "EASEL_CONFIG":
             continue
-        rest = name[len("EASEL_"):].lower()
+        rest = name[len("EASEL_") :].lower()
         section, _, key = rest.partition("_")
         if section in SECTIONS and key in {f.name for f in dataclasses.fields(SECTIONS[section])}:
             layer.setdefault(section, {})[key] = value
@@ -265,8 +286,11 @@ def load_settings(
     default_toml: Path = DEFAULT_TOML,
 ) -> Settings:
     """Read and validate every layer; raise `SettingsError` on the first bad value."""
-    dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None} \
-        if env_file and Path(env_file).is_file() else {}
+    dotenv = (
+        {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        if env_file and Path(env_file).is_file()
+        else {}
+    )
     # Real environment variables win over .env, as everywhere else.
     env = {**dotenv, **(os.environ if environ is None else environ)}
     values: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,430 @@
+"""Queue and prompt-log benchmark: prints numbers (not a test).
+
+    python benchmarks/bench_queue.py [--rows 1000000] [--waiting 10000]
+
+1. FairQueue: enqueue and dequeue cost per job with 10 000 jobs waiting (in memory), and the
+   durable `Scheduler.submit` (SQLite insert + queue) per job.
+2. Inserts per second into the log (one transaction per request, synchronous FULL and NORMAL).
+3. Latency of a member's history page and of moderators' filtered log pages with 1 000 000 rows.
+4. Jain's fairness index of served cost among backlogged users in a simulated class of 30
+   (a few heavy users), DRR against first-come-first-served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.scheduler import FairQueue, QueueEntry, Scheduler  # noqa: E402
+from bot.store import Store, load_migrations, split_statements  # noqa: E402
+from inference.request import GenerationRequest  # noqa: E402
+
+SIZES = [(512, 512), (512, 768), (768, 512)]
+STEPS = [20, 25, 30]
+
+
+def make_request(rng: random.Random, heavy: bool = False) -> GenerationRequest:
+    width, height = rng.choice(SIZES)
+    return GenerationRequest(
+        prompt="a watercolor fox in the snow",
+        width=width,
+        height=height,
+        steps=50 if heavy else rng.choice(STEPS),
+        count=4 if heavy else rng.choice([1, 1, 2]),
+        seed=rng.randrange(2**32),
+    )
+
+
+def per_job_us(seconds: float, jobs: int) -> str:
+    return f"{seconds / jobs * 1e6:8.1f} µs/job"
+
+
+# -- 1. queue operations ----------------------------------------------------------------------
+
+
+def bench_fair_queue(waiting: int) -> None:
+    rng = random.Random(1)
+    requests = [make_request(rng, heavy=i % 10 == 0) for i in range(waiting + 2000)]
+    users = [rng.randrange(30) for _ in requests]
+    entries = [QueueEntry.of(i, users[i], r) for i, r in enumerate(requests)]
+
+    queue = FairQueue()
+    start = time.perf_counter()
+    for e in entries[:waiting]:
+        queue.push(e)
+    fill = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for e in entries[waiting : waiting + 1000]:
+        queue.push(e)
+    push = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for _ in range(1000):
+        queue.pop_batch(1)
+    pop1 = time.perf_counter() - start
+
+    for e in entries[waiting + 1000 :]:
+        queue.push(e)
+    start = time.perf_counter()
+    taken = 0
+    for _ in range(250):
+        taken += len(queue.pop_batch(4))
+    pop4 = time.perf_counter() - start
+
+    last = entries[waiting - 1].gen_id
+    start = time.perf_counter()
+    queue.position(last)
+    order = time.perf_counter() - start
+    start = time.perf_counter()
+    for e in entries[: waiting // 2 : 50]:
+        queue.position(e.gen_id)
+    cached = time.perf_counter() - start
+
+    print(f"FairQueue, {waiting} jobs waiting from 30 users (in memory):")
+    print(f"  enqueue (filling to {waiting}) {per_job_us(fill, waiting)}")
+    print(f"  enqueue with {waiting} waiting   {per_job_us(push, 1000)}")
+    print(f"  dequeue, batch of 1          {per_job_us(pop1, 1000)}")
+    print(
+        f"  dequeue, batches of 4        {per_job_us(pop4, taken)}  ({taken / 250:.2f} per batch)"
+    )
+    print(f"  full fair order + position   {order * 1e3:8.1f} ms (after a change; then cached)")
+    print(f"  position, cached             {per_job_us(cached, len(entries[: waiting // 2 : 50]))}")
+
+
+async def bench_submit(folder: Path, waiting: int) -> None:
+    class NoWorker:
+        async def run(self, batch, on_progress=None):
+            raise AssertionError("not started")
+
+        def cancel(self, job_id):
+            pass
+
+    rng = random.Random(2)
+    print(f"Scheduler.submit (durable: SQLite row + queue), {waiting} waiting:")
+    for sync in ("FULL", "NORMAL"):
+        path = folder / f"submit-{sync}.sqlite3"
+        async with Store.open(path, synchronous=sync) as store:
+            scheduler = Scheduler(store, NoWorker())
+            requests = [make_request(rng) for _ in range(waiting + 500)]
+            start = time.perf_counter()
+            for i, request in enumerate(requests[:waiting]):
+                await scheduler.submit(request, user_id=i % 30, guild_id=1, channel_id=2)
+            fill = time.perf_counter() - start
+            start = time.perf_counter()
+            for i, request in enumerate(requests[waiting:]):
+                await scheduler.submit(request, user_id=i % 30, guild_id=1, channel_id=2)
+            more = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(200):
+                batch = scheduler.queue.pop_batch(4)
+                await store.mark_running([e.gen_id for e in batch])
+            dequeue = time.perf_counter() - start
+            print(
+                f"  synchronous={sync:6s} submit {per_job_us(fill, waiting)} (filling), "
+                f"{per_job_us(more, 500)} (with {waiting} waiting); "
+                f"dequeue + mark running {per_job_us(dequeue, 800)}"
+            )
+
+
+# -- 2. inserts per second --------------------------------------------------------------------
+
+
+async def bench_inserts(folder: Path) -> None:
+    rng = random.Random(3)
+    n = 2000
+    print("Inserts into the log (one transaction per request):")
+    for sync in ("FULL", "NORMAL"):
+        async with Store.open(folder / f"inserts-{sync}.sqlite3", synchronous=sync) as store:
+            requests = [make_request(rng) for _ in range(n)]
+            start = time.perf_counter()
+            for i, request in enumerate(requests):
+                await store.create_generation(request, user_id=i % 30, guild_id=1, channel_id=2)
+            elapsed = time.perf_counter() - start
+            print(f"  synchronous={sync:6s} {n / elapsed:9.0f} requests/s")
+
+
+# -- 3. pages with 1 000 000 rows -------------------------------------------------------------
+
+WORDS = (
+    "fox whale owl castle forest neon city portrait watercolor oil sketch dragon robot "
+    "sunset mountain river cat dog astronaut garden"
+).split()
+
+
+def build_big_db(path: Path, rows: int, users: int = 300) -> float:
+    """Fill a database with `rows` generations (and one image per done one), fast."""
+    rng = random.Random(4)
+    start = time.perf_counter()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    for migration in load_migrations():
+        for statement in split_statements(migration.sql):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {len(load_migrations())}")
+    now = time.time()
+    t0 = now - 365 * 86400
+    statuses = ["done"] * 90 + ["failed"] * 3 + ["cancelled"] * 3 + ["blocked"] * 4
+    chunk = 50_000
+    for base in range(0, rows, chunk):
+        gens, images = [], []
+        for i in range(base + 1, min(rows, base + chunk) + 1):
+            prompt = " ".join(rng.choices(WORDS, k=6))
+            status = rng.choice(statuses)
+            created = t0 + (now - t0) * i / rows
+            flagged = int(status == "done" and rng.random() < 0.01)
+            recipe = json.dumps(
+                {
+                    "prompt": prompt,
+                    "negative": "",
+                    "seed": i,
+                    "steps": 25,
+                    "guidance": 7.0,
+                    "width": 512,
+                    "height": 512,
+                    "count": 1,
+                    "sampler": "DPM++ 2M Karras",
+                    "mode": "txt2img",
+                    "model": "sd15",
+                }
+            )
+            gens.append(
+                (
+                    i,
+                    rng.randrange(users),
+                    1 + i % 3,
+                    10,
+                    prompt,
+                    recipe,
+                    status,
+                    "banned_word" if status == "blocked" else None,
+                    flagged,
+                    created,
+                    created + 2 if status == "done" else None,
+                )
+            )
+            if status == "done":
+                images.append(
+                    (i, 0, i, f"{i}_0.png", 512, 512, flagged, "pending" if flagged else None)
+                )
+        conn.executemany(
+            """
+            INSERT INTO generations (id, user_id, guild_id, channel_id, kind, prompt, recipe,
+                                     status, refusal_reason, flagged, created_at, finished_at)
+            VALUES (?, ?, ?, ?, 'imagine', ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10]) for g in gens],
+        )
+        conn.executemany(
+            """
+            INSERT INTO images (generation_id, idx, seed, file, width, height, flagged, review)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            images,
+        )
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    return time.perf_counter() - start
+
+
+async def timed(make_call, repeats: int = 30) -> tuple[float, float]:
+    """Median and 95th percentile latency in ms."""
+    samples = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        await make_call(i)
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.95) - 1]
+
+
+async def bench_pages(folder: Path, rows: int) -> None:
+    path = folder / "big.sqlite3"
+    built = build_big_db(path, rows)
+    size_mb = path.stat().st_size / 2**20
+    print(f"Pages with {rows} rows ({size_mb:.0f} MB, built in {built:.1f} s with executemany):")
+    rng = random.Random(5)
+    async with Store.open(path, images_dir=folder / "images") as store:
+        since = time.time() - 7 * 86400
+        cases = {
+            "history page 1 (10 rows)": lambda i: store.history(rng.randrange(300), limit=10),
+            "history page 20 (offset 190)": lambda i: store.history(
+                rng.randrange(300), limit=10, offset=190
+            ),
+            "log: guild, newest 20": lambda i: store.moderation_log(guild_id=1 + i % 3),
+            "log: guild + user + contains": lambda i: store.moderation_log(
+                guild_id=1 + i % 3, user_id=rng.randrange(300), contains=rng.choice(WORDS)
+            ),
+            "log: guild + contains (common)": lambda i: store.moderation_log(
+                guild_id=1 + i % 3, contains=rng.choice(WORDS)
+            ),
+            "log: guild + contains (absent)": lambda i: store.moderation_log(
+                guild_id=1 + i % 3, contains="zebra"
+            ),
+            "log: guild + status blocked": lambda i: store.moderation_log(
+                guild_id=1 + i % 3, status="blocked"
+            ),
+            "log: guild + flagged": lambda i: store.moderation_log(
+                guild_id=1 + i % 3, flagged=True
+            ),
+            "log: guild + since 7 days + page 5": lambda i: store.moderation_log(
+                guild_id=1 + i % 3, since=since, offset=80
+            ),
+            "review queue (oldest 20)": lambda i: store.review_queue(guild_id=1 + i % 3),
+            "daily quota count": lambda i: store.count_today(rng.randrange(300)),
+        }
+        for name, call in cases.items():
+            repeats = 5 if "absent" in name else 30
+            median, p95 = await timed(call, repeats)
+            print(f"  {name:36s} median {median:8.2f} ms   p95 {p95:8.2f} ms")
+
+
+# -- 4. fairness in a simulated class ---------------------------------------------------------
+
+
+def jain(values: list[float]) -> float:
+    total = sum(values)
+    squares = sum(v * v for v in values)
+    return total * total / (len(values) * squares) if squares else 1.0
+
+
+def simulate_class(policy: str, seed: int = 6, max_batch: int = 4) -> dict[str, float]:
+    """30 members for a simulated hour on one GPU; 4 heavy members keep 20 big jobs queued,
+    the others send a small job now and then. Returns fairness and waiting figures."""
+    rng = random.Random(seed)
+    gpu_rate = 512 * 512 * 25 * 1.5  # cost units per second: ~1.5 default images per second
+    heavy = set(range(4))
+    users = range(30)
+    queue = FairQueue()
+    fifo: list[QueueEntry] = []
+    next_id = 0
+    clock = 0.0
+    served = dict.fromkeys(users, 0)
+    backlogged_time = dict.fromkeys(users, 0.0)
+    waits: dict[str, list[float]] = {"heavy": [], "light": []}
+    submitted_at: dict[int, float] = {}
+    light_next = {u: rng.expovariate(1 / 60) for u in users if u not in heavy}
+
+    def waiting_of(user: int) -> int:
+        if policy == "drr":
+            return queue.waiting_for(user)
+        return sum(1 for e in fifo if e.user_id == user)
+
+    def add(user: int) -> None:
+        nonlocal next_id
+        request = make_request(rng, heavy=user in heavy)
+        e = QueueEntry.of(next_id, user, request)
+        submitted_at[next_id] = clock
+        next_id += 1
+        if policy == "drr":
+            queue.push(e)
+        else:
+            fifo.append(e)
+
+    def take() -> list[QueueEntry]:
+        if policy == "drr":
+            return queue.pop_batch(max_batch)
+        if not fifo:
+            return []
+        head = fifo.pop(0)
+        batch = [head]
+        for e in list(fifo):
+            if len(batch) >= max_batch:
+                break
+            if e.batch_key == head.batch_key:
+                batch.append(e)
+                fifo.remove(e)
+        return batch
+
+    while clock < 3600:
+        for user in heavy:
+            while waiting_of(user) < 20:
+                add(user)
+        for user, when in light_next.items():
+            if when <= clock:
+                add(user)
+                light_next[user] = clock + rng.expovariate(1 / 60)
+        backlogged = [u for u in users if waiting_of(u)]
+        batch = take()
+        if not batch:
+            clock += 1.0
+            continue
+        cost = sum(e.cost for e in batch)
+        seconds = cost / gpu_rate / (1 + 0.5 * (len(batch) - 1) / len(batch))  # batching gain
+        for e in batch:
+            served[e.user_id] += e.cost
+            waits["heavy" if e.user_id in heavy else "light"].append(clock - submitted_at[e.gen_id])
+        for u in backlogged:
+            backlogged_time[u] += seconds
+        clock += seconds
+    # Fairness among members while they were backlogged: served cost per backlogged second.
+    rates = [served[u] / backlogged_time[u] for u in users if backlogged_time[u] > 0]
+    heavy_share = sum(served[u] for u in heavy) / sum(served.values())
+    return {
+        "jain_backlogged_rate": jain(rates),
+        "heavy_share": heavy_share,
+        "light_wait_median": statistics.median(waits["light"]) if waits["light"] else 0.0,
+        "light_wait_p95": sorted(waits["light"])[int(len(waits["light"]) * 0.95) - 1],
+    }
+
+
+def bench_fairness() -> None:
+    rng = random.Random(7)
+    # All 30 members backlogged all the time; 4 heavy ones send 4-image 50-step jobs.
+    queue = FairQueue()
+    gen_id = 0
+    for user in range(30):
+        for _ in range(200):
+            queue.push(QueueEntry.of(gen_id, user, make_request(rng, heavy=user < 4)))
+            gen_id += 1
+    for _ in range(1000):
+        queue.pop_batch(4)
+    served = [queue.served.get(u, 0) for u in range(30)]
+    print("Fairness, 30 members all backlogged (4 heavy: 4 images × 50 steps), 1000 batches:")
+    print(f"  Jain's index of served cost (DRR)     {jain(served):.4f}")
+    spread = (max(served) - min(served)) / (sum(served) / 30)
+    print(f"  (max − min) / equal share             {spread:.3f}")
+    print(
+        "Simulated class, one hour (4 heavy members keep 20 big jobs queued, 26 send one "
+        "small job a minute on average):"
+    )
+    for policy in ("drr", "fifo"):
+        figures = simulate_class(policy)
+        print(
+            f"  {policy.upper():4s} Jain (served cost per backlogged second) "
+            f"{figures['jain_backlogged_rate']:.3f}; heavy members' share "
+            f"{figures['heavy_share']:.0%}; light members wait median "
+            f"{figures['light_wait_median']:6.1f} s, p95 {figures['light_wait_p95']:6.1f} s"
+        )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--waiting", type=int, default=10_000)
+    args = parser.parse_args()
+    print(f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
+    with tempfile.TemporaryDirectory(prefix="easel-bench-") as tmp:
+        folder = Path(tmp)
+        bench_fair_queue(args.waiting)
+        await bench_submit(folder, args.waiting)
+        await bench_inserts(folder)
+        await bench_pages(folder, args.rows)
+        bench_fairness()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

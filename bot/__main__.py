@@ -1,0 +1,94 @@
+"""`python -m bot`: load settings, open the store, start the worker, connect to Discord."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import discord
+
+from inference.engine import ModelLoadError
+from inference.worker import Worker
+
+from .endpoints import point_discord_py_at
+from .scheduler import Scheduler
+from .settings import Settings, SettingsError, load_settings
+from .store import Store, StoreError
+
+log = logging.getLogger("bot")
+
+NO_TOKEN = """\
+Easel needs a Discord bot token (DISCORD_TOKEN) and none is set.
+  1. https://discord.com/developers/applications → New Application; open Bot → Reset Token, copy it.
+  2. Put it in a file named .env where you run Easel:  DISCORD_TOKEN=<the token>
+     (template: config/.env.example; DISCORD_GUILD_ID=<server id> makes commands appear at once).
+  3. Invite it: OAuth2 → URL Generator → scopes bot + applications.commands; permissions View
+     Channels, Send Messages, Embed Links, Attach Files, Read Message History (117760).
+Then run `python -m bot` again."""
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # At DEBUG these log request URLs, which carry interaction tokens.
+    for name in ("discord.http", "discord.webhook"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+async def run(settings: Settings) -> None:
+    point_discord_py_at(settings.discord.api_base, settings.discord.gateway_url)
+    from .client import EaselBot
+
+    async with Store.open(settings.database_path, images_dir=settings.images_dir) as store:
+        log.info("Loading %s on %s …", settings.model.id, settings.model.device)
+        worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
+        await worker.start()
+        try:
+            q = settings.queue
+            scheduler = Scheduler(
+                store, worker, max_batch=q.batch_size,
+                max_waiting_per_user=q.max_waiting_per_user, daily_quota=q.daily_quota,
+                initial_cost_per_second=q.initial_mpix_steps_per_second * 1e6,
+            )
+            async with EaselBot(settings, store, worker, scheduler) as bot:
+                loop = asyncio.get_running_loop()
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(signal.SIGTERM,
+                                            lambda: asyncio.ensure_future(bot.close()))
+                await bot.start(settings.discord_token)
+        finally:
+            await worker.stop()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"easel: {error}", file=sys.stderr)
+        return 2
+    if not settings.discord_token:
+        print(NO_TOKEN, file=sys.stderr)
+        return 1
+    setup_logging()
+    try:
+        asyncio.run(run(settings))
+    except discord.LoginFailure:
+        print("easel: Discord rejected DISCORD_TOKEN; reset the bot token in the developer "
+              "portal and put the new one in .env.", file=sys.stderr)
+        return 1
+    except ModelLoadError as error:
+        print(f"easel: {error}", file=sys.stderr)
+        return 1
+    except StoreError as error:
+        print(f"easel: database: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

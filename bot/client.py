@@ -1,0 +1,100 @@
+"""The Discord client: owns nothing heavy itself; the store, the worker and the scheduler are
+made in `main()` and handed in (discord.py's advanced start-up pattern)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import discord
+from discord.ext import commands
+
+from inference.worker import Worker
+
+from .errors import NO_PINGS, EaselTree
+from .jobs import JobService
+from .scheduler import Scheduler
+from .settings import Settings
+from .store import Store
+from .views import PERSISTENT_ITEMS
+
+log = logging.getLogger(__name__)
+
+# One module per feature; each has `async def setup(bot)`.
+EXTENSIONS = (
+    "bot.cogs.imagine",
+    "bot.cogs.queue",
+    "bot.cogs.lineage",
+    "bot.cogs.moderation",
+)
+
+
+class EaselBot(commands.Bot):
+    def __init__(self, settings: Settings, store: Store, worker: Worker, scheduler: Scheduler):
+        intents = discord.Intents.none()
+        intents.guilds = True  # channel and role caches: permissions, upload limits
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents,
+                         tree_cls=EaselTree, allowed_mentions=NO_PINGS, help_command=None)
+        self.settings = settings
+        self.store = store
+        self.worker = worker
+        self.scheduler = scheduler
+        self.jobs = JobService(self)
+        self.synced_commands: list[discord.app_commands.AppCommand] = []
+
+    @property
+    def native_size(self) -> int:
+        """The model's native square (512 for SD 1.5): aspect presets are relative to it."""
+        return self.worker.native_size
+
+    async def setup_hook(self) -> None:
+        for name in EXTENSIONS:
+            if importlib.util.find_spec(name) is not None:
+                await self.load_extension(name)
+        self.add_dynamic_items(*PERSISTENT_ITEMS)
+        self.scheduler.add_listener(self.jobs)
+        recovered = await self.scheduler.recover()
+        await self.scheduler.start()
+        if recovered:
+            log.info("Picked up %d job(s) left from the last run", len(recovered))
+        guild_id = self.settings.discord.guild_id
+        if guild_id:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            self.synced_commands = await self.tree.sync(guild=guild)
+            log.info("Synced %d commands to server %s", len(self.synced_commands), guild_id)
+        else:
+            self.synced_commands = await self.tree.sync()
+            log.info("Synced %d commands globally (they can take a while to appear)",
+                     len(self.synced_commands))
+
+    async def on_ready(self) -> None:
+        log.info("Connected as %s (%s) to %d server(s)", self.user, getattr(self.user, "id", "?"),
+                 len(self.guilds))
+
+    async def close(self) -> None:
+        await self.scheduler.stop(grace=5.0)
+        await super().close()
+
+    async def audit_line(self, interaction: discord.Interaction | None, text: str, *,
+                         guild_id: int | None = None) -> None:
+        """One short line in the moderators' log channel, if one is configured."""
+        channel_id = self.settings.discord.log_channel_id
+        if interaction is not None and interaction.guild_id is not None:
+            guild_settings = await self.store.guild_settings(interaction.guild_id)
+            channel_id = guild_settings.log_channel_id or channel_id
+        elif guild_id is not None:
+            channel_id = (await self.store.guild_settings(guild_id)).log_channel_id or channel_id
+        if not channel_id:
+            return
+        who = ""
+        if interaction is not None:
+            who = f"{interaction.user} (`{interaction.user.id}`)"
+            if interaction.channel_id:
+                who += f" in <#{interaction.channel_id}>"
+            who += ": "
+        try:
+            await self.get_partial_messageable(channel_id).send(
+                (who + text)[:1900], allowed_mentions=NO_PINGS)
+        except discord.HTTPException as error:
+            log.warning("Could not write to the log channel %s: %s", channel_id, error)

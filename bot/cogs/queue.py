@@ -1,0 +1,58 @@
+"""/queue and /cancel: where are my jobs, and stop them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import render
+from bot.errors import UserError, reply
+
+if TYPE_CHECKING:
+    from bot.client import EaselBot
+
+
+class Queue(commands.Cog):
+    def __init__(self, bot: EaselBot):
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="Your jobs in the queue, and how busy it is")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        scheduler = self.bot.scheduler
+        mine = scheduler.user_jobs(interaction.user.id)
+        total = scheduler.waiting_count
+        running = len(scheduler.running_ids)
+        lines = [f"**Queue:** {running} running, {total} waiting"
+                 + (" — ⏸️ paused by the moderators" if scheduler.paused else "")]
+        if not mine:
+            lines.append("You have no jobs in the queue. Start one with /imagine.")
+        for job in mine:
+            where = "running" if job.status == "running" else f"position {job.position}"
+            lines.append(f"• **#{job.gen_id}** `{render.clip(render.quote(job.request.prompt), 60)}`"
+                         f" — {where}, ready in about {render.fmt_seconds(job.eta_seconds)}")
+        await reply(interaction, "\n".join(lines))
+
+    @app_commands.command(name="cancel", description="Cancel your queued or running jobs")
+    @app_commands.describe(generation="The job's number (#N); leave out to cancel all yours")
+    async def cancel(self, interaction: discord.Interaction,
+                     generation: app_commands.Range[int, 1] | None = None) -> None:
+        scheduler = self.bot.scheduler
+        if generation is not None:
+            gen = await self.bot.store.get(generation)
+            if gen is None or gen.user_id != interaction.user.id:
+                raise UserError(f"#{generation} is not one of your jobs.")
+            if not await scheduler.cancel(generation, user_id=interaction.user.id):
+                raise UserError(f"#{generation} is no longer waiting or running.")
+            await reply(interaction, f"Cancelled #{generation}.")
+            return
+        cancelled = await scheduler.cancel_user(interaction.user.id)
+        if not cancelled:
+            raise UserError("You have no jobs waiting or running.")
+        await reply(interaction, "Cancelled " + ", ".join(f"#{i}" for i in cancelled) + ".")
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(Queue(bot))

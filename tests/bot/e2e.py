@@ -1,0 +1,55 @@
+"""Running the real Easel bot against the fake Discord, with the tiny model in a real worker."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bot.client import EaselBot
+from bot.scheduler import Scheduler
+from bot.settings import load_settings
+from bot.store import Store
+from inference.worker import Worker
+from tests.fakediscord import FakeDiscord, running_bot
+
+
+def easel_settings(fd: FakeDiscord, data_dir: Path, model: str, **env: str):
+    environ = {
+        "DISCORD_TOKEN": fd.token or "token",
+        "DISCORD_GUILD_ID": str(fd.guild.id),
+        "DISCORD_API_BASE": fd.api_base,
+        "DISCORD_GATEWAY_URL": fd.gateway_url,
+        "EASEL_MODEL": model,
+        "EASEL_DEVICE": "cpu",
+        "EASEL_DATA_DIR": str(data_dir),
+        "EASEL_GENERATION_DEFAULT_STEPS": "4",
+        "EASEL_DISCORD_PROGRESS_INTERVAL": "0.2",
+        **env,
+    }
+    return load_settings(environ, env_file=None)
+
+
+@contextlib.asynccontextmanager
+async def running_easel(fd: FakeDiscord, worker: Worker, data_dir: Path, model: str,
+                        **env: str) -> AsyncIterator[EaselBot]:
+    """The bot as `python -m bot` builds it, but sharing an already started worker."""
+    settings = easel_settings(fd, data_dir, model, **env)
+    q = settings.queue
+    async with Store.open(settings.database_path, images_dir=settings.images_dir) as store:
+        scheduler = Scheduler(store, worker, max_batch=q.batch_size,
+                              max_waiting_per_user=q.max_waiting_per_user,
+                              daily_quota=q.daily_quota)
+        bot = EaselBot(settings, store, worker, scheduler)
+        async with running_bot(bot, fd):
+            yield bot
+
+
+def button(message, emoji_or_label: str) -> str:
+    """The custom_id of the button with this label or emoji on a message."""
+    for row in message.components:
+        for component in row.get("components", []):
+            emoji = (component.get("emoji") or {}).get("name")
+            if component.get("label") == emoji_or_label or emoji == emoji_or_label:
+                return component["custom_id"]
+    raise LookupError(f"no button {emoji_or_label!r} on the message")
