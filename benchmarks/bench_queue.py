@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.scheduler import FairQueue, QueueEntry, Scheduler  # noqa: E402
-from bot.store import Store, load_migrations, split_statements  # noqa: E402
-from inference.request import GenerationRequest  # noqa: E402
+from bot.scheduler import FairQueue, QueueEntry, Scheduler
+from bot.store import Store, load_migrations, split_statements
+from inference.request import GenerationRequest
 
 SIZES = [(512, 512), (512, 768), (768, 512)]
 STEPS = [20, 25, 30]

@@ -88,8 +88,8 @@ class JobService:
             await self.bot.audit_line(interaction, f"refused #{gen.id} (banned word "
                                       f"{banned!r}): {render.quote(request.prompt)[:200]}")
             raise UserError(message)
-        # Answer within Discord's 3 seconds whatever the database does next.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        # One quick SQLite write; the answer goes out well inside Discord's 3 seconds, and a
+        # refusal can still be private.
         try:
             gen = await self.bot.scheduler.submit(request, **where)
         except QueueRefused as refused:
@@ -98,8 +98,9 @@ class JobService:
             raise UserError(refused.message) from None
         queued = dataclasses.replace(request, seed=gen.recipe.get("seed"))
         self._status[gen.id] = _Status(interaction, queued)
-        await interaction.edit_original_response(
-            content=self._queued_text(gen.id, queued), view=cancel_view(gen.id),
+        # The status is public, like the queue itself; it goes away when the result is posted.
+        await interaction.response.send_message(
+            self._queued_text(gen.id, queued), view=cancel_view(gen.id),
             allowed_mentions=NO_PINGS)
         line = f"queued #{gen.id} ({kind}): {render.quote(request.prompt)[:300]}"
         if parent is not None:
@@ -165,10 +166,16 @@ class JobService:
             return
         await self.bot.store.mark_delivered(gen.id, channel_id=gen.channel_id,
                                             message_id=message.id if message else None)
-        if status:
-            link = message.jump_url if message else ""
-            state = "done: " + link if gen.status == "done" else f"failed: {gen.error}"
-            await self._edit_status_of(status, render.status_text(request, gen.id, state))
+        if status and message is not None:
+            # The result message mentions the author; the status line has done its job.
+            await self._delete_status(status)
+
+    async def _delete_status(self, status: _Status) -> None:
+        try:
+            if not status.interaction.is_expired():
+                await status.interaction.delete_original_response()
+        except discord.HTTPException as error:
+            log.debug("Could not delete a status message: %s", error)
 
     async def _edit_status(self, gen_id: int, text: str, *, keep_view: bool = False) -> None:
         status = self._status.get(gen_id)

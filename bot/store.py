@@ -101,6 +101,10 @@ EXPORT_COLUMNS: tuple[str, ...] = (
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
+# What a member's own history shows: not refused requests, not deleted results.
+VISIBLE_SQL = " AND status != 'blocked' AND deleted_at IS NULL"
+
+
 class StoreError(RuntimeError):
     """The data layer cannot do what was asked; the message says why in one sentence."""
 
@@ -976,6 +980,19 @@ class Store:
         )
         return await self.get_many([row["id"] for row in rows])
 
+    @staticmethod
+    def _history_filter(
+        user_id: int, guild_id: int | None, visible_only: bool
+    ) -> tuple[str, list[Any]]:
+        where = "WHERE user_id = ?"
+        params: list[Any] = [int(user_id)]
+        if guild_id is not None:
+            where += " AND guild_id = ?"
+            params.append(int(guild_id))
+        if visible_only:
+            where += " AND status != 'blocked' AND deleted_at IS NULL"
+        return where, params
+
     async def history(
         self,
         user_id: int,
@@ -983,26 +1000,24 @@ class Store:
         guild_id: int | None = None,
         limit: int = 10,
         offset: int = 0,
+        visible_only: bool = False,
     ) -> list[Generation]:
-        """A member's generations, newest first, every status (the caller filters)."""
-        where = "WHERE user_id = ?"
-        params: list[Any] = [int(user_id)]
-        if guild_id is not None:
-            where += " AND guild_id = ?"
-            params.append(int(guild_id))
+        """A member's generations, newest first. Every status by default (the caller decides);
+        `visible_only=True` leaves out refused requests (only their author ever saw those) and
+        deleted results, for showing to other members."""
+        where, params = self._history_filter(user_id, guild_id, visible_only)
         return await self._select(
             where,
             [*params, int(limit), int(offset)],
             "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
         )
 
-    async def count_history(self, user_id: int, *, guild_id: int | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM generations WHERE user_id = ?"
-        params: list[Any] = [int(user_id)]
-        if guild_id is not None:
-            sql += " AND guild_id = ?"
-            params.append(int(guild_id))
-        row = await self._one(sql, params)
+    async def count_history(
+        self, user_id: int, *, guild_id: int | None = None, visible_only: bool = False
+    ) -> int:
+        """How many rows `history` pages through (same filters)."""
+        where, params = self._history_filter(user_id, guild_id, visible_only)
+        row = await self._one(f"SELECT COUNT(*) FROM generations {where}", params)
         return int(row[0])
 
     @staticmethod

@@ -64,7 +64,7 @@ async def test_imagine_posts_result_with_images_embed_and_buttons(world):
     first = await handle.response()
     assert first.elapsed < 3.0
     status = await handle.wait_for_message(lambda m: "#" in (m.content or ""))
-    assert status.ephemeral and "a red fox" in status.content
+    assert not status.ephemeral and "a red fox" in status.content and "position" in status.content
     gen_id = int(status.content.split("**#")[1].split("**")[0])
     result = await fd.wait_for_message(result_of(fd, gen_id), timeout=30)
     assert f"<@{alice.id}>" in result.content
@@ -80,11 +80,10 @@ async def test_imagine_posts_result_with_images_embed_and_buttons(world):
     assert result.embed["title"] == f"#{gen_id}"
     for name in ("🎲", "✏️", "ℹ️", "🗑️", "V1", "V2", "U1", "U2"):
         assert button(result, name)
-    # The author's status message ends with a link to the result.
-    await fd.wait_until(lambda: "done" in (handle.original.content or ""), timeout=10)
-    # Progress edits were shown on the way.
-    contents = [h.get("content") or "" for h in handle.original.history]
-    assert any("step" in c for c in contents) or any("queued" in c for c in contents)
+    # The public status line showed progress, then made way for the result.
+    await fd.wait_until(lambda: status.deleted, timeout=10)
+    contents = [h.get("content") or "" for h in status.history]
+    assert any("step" in c for c in contents)
 
 
 async def test_bad_options_are_refused_and_logged(world):
@@ -119,3 +118,78 @@ async def test_everyone_in_prompt_pings_nobody(world):
     assert result.pings.users == {carol.id}
     for message in fd.messages(include_deleted=True):
         assert not message.pings.everyone and not message.pings.roles
+
+
+def status_id(message) -> int:
+    return int(message.content.split("**#")[1].split("**")[0])
+
+
+async def imagine(fd, member, **options):
+    """Invoke /imagine and return (handle, generation id) once the job is queued."""
+    handle = await fd.invoke(member, "imagine", options)
+    await handle.response()
+    status = await handle.wait_for_message(lambda m: "**#" in (m.content or ""), timeout=10)
+    return handle, status_id(status)
+
+
+async def test_three_users_get_their_own_results_in_fair_order(world):
+    """A heavy user's backlog does not hold back two others who each send one job."""
+    fd, bot = world
+    heavy, light1, light2 = (fd.add_member(n) for n in ("heavy", "light1", "light2"))
+    await bot.scheduler.stop()  # hold the dispatcher so everyone queues before anything starts
+    heavy_ids = [(await imagine(fd, heavy, prompt=f"heavy {i}", steps=6))[1] for i in range(4)]
+    _, light1_id = await imagine(fd, light1, prompt="light one", steps=6)
+    _, light2_id = await imagine(fd, light2, prompt="light two", steps=6)
+    await bot.scheduler.start()
+    results = {}
+    for gen_id in [*heavy_ids, light1_id, light2_id]:
+        results[gen_id] = await fd.wait_for_message(result_of(fd, gen_id), timeout=60)
+    for gen_id, member in [(light1_id, light1), (light2_id, light2), (heavy_ids[0], heavy)]:
+        assert f"<@{member.id}>" in results[gen_id].content
+    gens = {g.id: g for g in await bot.store.get_many(list(results))}
+    order = sorted(results, key=lambda i: (gens[i].started_at, i))
+    # Both light users started before the heavy user's second job.
+    assert order.index(light1_id) < order.index(heavy_ids[1]) or \
+        gens[light1_id].started_at == gens[heavy_ids[0]].started_at
+    assert order.index(light2_id) <= order.index(heavy_ids[2])
+
+
+async def test_cancel_by_author_works_and_by_others_is_refused(world):
+    """Only the author may cancel; a cancelled job posts nothing."""
+    fd, bot = world
+    dave, eve = fd.add_member("dave"), fd.add_member("eve")
+    await bot.scheduler.stop()
+    handle, gen_id = await imagine(fd, dave, prompt="a slow fox")
+    status = handle.original
+    cancel_id = button(status, "Cancel")
+    intruder = await fd.click(eve, status, cancel_id)
+    refused = await intruder.response()
+    assert refused.message.ephemeral and "Only the author" in refused.message.content
+    assert bot.scheduler.position(gen_id) is not None
+    own = await fd.click(dave, status, cancel_id)
+    await own.response()
+    await fd.wait_until(lambda: "cancelled" in (handle.original.content or ""))
+    await bot.scheduler.start()
+    assert (await bot.store.get(gen_id)).status == "cancelled"
+    # /cancel of a job that is not yours is refused too.
+    _, other = await imagine(fd, dave, prompt="another fox")
+    h = await fd.invoke(eve, "cancel", {"generation": other})
+    assert "not one of your jobs" in (await h.response()).message.content
+
+
+async def test_reroll_makes_a_child_with_a_new_seed(world):
+    """🎲 on someone's result: a new job for the presser, new seed, original as parent."""
+    fd, bot = world
+    frank, gina = fd.add_member("frank"), fd.add_member("gina")
+    _, gen_id = await imagine(fd, frank, prompt="a lighthouse", seed=77)
+    result = await fd.wait_for_message(result_of(fd, gen_id), timeout=30)
+    click = await fd.click(gina, result, button(result, "🎲"))
+    await click.response()
+    status = await click.wait_for_message(lambda m: "**#" in (m.content or ""), timeout=10)
+    child_id = status_id(status)
+    child_msg = await fd.wait_for_message(result_of(fd, child_id), timeout=30)
+    child = await bot.store.get(child_id)
+    assert child.parent_id == gen_id and child.kind == "reroll" and child.user_id == gina.id
+    assert child.recipe["seed"] != 77 and child.prompt == "a lighthouse"
+    assert f"reroll of #{gen_id} by <@{frank.id}>" in child_msg.content
+    assert child_msg.pings.users == {gina.id}

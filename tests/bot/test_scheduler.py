@@ -64,6 +64,7 @@ class FakeWorker:
         self.pending: tuple[list[GenerationRequest], asyncio.Future] | None = None
         self.fail_with: Exception | None = None
         self.drop_last = False
+        self.arrived = asyncio.Event()
 
     async def run(self, batch, on_progress=None):
         self.calls.append(list(batch))
@@ -77,6 +78,7 @@ class FakeWorker:
         if self.manual:
             future = asyncio.get_running_loop().create_future()
             self.pending = (list(batch), future)
+            self.arrived.set()
             try:
                 outcome = await future
             finally:
@@ -99,6 +101,13 @@ class FakeWorker:
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
+
+    async def wait_pending(self, *, not_job: str | None = None) -> list[GenerationRequest]:
+        """Wait until a batch is held (one without job `not_job`); return it."""
+        while self.pending is None or not_job in {r.job_id for r in self.pending[0]}:
+            self.arrived.clear()
+            await self.arrived.wait()
+        return self.pending[0]
 
     def release(self, outcome: str = "ok") -> None:
         assert self.pending is not None
@@ -415,8 +424,7 @@ async def test_cancel_queued_and_running_jobs(store, make_scheduler):
     first = await scheduler.submit(req(), user_id=1)
     second = await scheduler.submit(req(), user_id=1)
     await scheduler.start()
-    while worker.pending is None:
-        await asyncio.sleep(0.001)
+    await worker.wait_pending()
     assert scheduler.position(first.id) == 0 and scheduler.position(second.id) == 1
     assert not await scheduler.cancel(second.id, user_id=2)  # not theirs
     assert await scheduler.cancel(second.id, user_id=1)
@@ -542,12 +550,9 @@ async def test_stop_mid_batch_then_recover_runs_it_again(store, make_scheduler):
     scheduler = await make_scheduler(worker, max_batch=1)
     jobs = [await scheduler.submit(req(prompt=f"p{i}"), user_id=i % 2) for i in range(4)]
     await scheduler.start()
-    while worker.pending is None:
-        await asyncio.sleep(0.001)
+    await worker.wait_pending()
     worker.release()
-    while worker.pending is None or worker.pending[0][0].job_id == str(jobs[0].id):
-        await asyncio.sleep(0.001)
-    running_id = int(worker.pending[0][0].job_id)
+    running_id = int((await worker.wait_pending(not_job=str(jobs[0].id)))[0].job_id)
     await scheduler.stop()
     assert (await store.get(running_id)).status == "running"
     assert (await store.get(jobs[0].id)).status == "done"

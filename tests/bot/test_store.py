@@ -362,6 +362,12 @@ async def test_history_is_newest_first_and_paged(store, clock):
     assert [g.id for g in page1[1:] + page2 + page3] == newest_first
     assert await store.count_history(9) == 8
     assert [g.id for g in await store.history(9, guild_id=2)] == [ids[5], ids[3], ids[1]]
+    # For other members: no refusals, no deleted results.
+    await store.mark_deleted(ids[6], by=9)
+    visible = await store.history(9, limit=20, visible_only=True)
+    assert [g.id for g in visible] == newest_first[1:]
+    assert await store.count_history(9, visible_only=True) == 6
+    assert await store.count_history(9, guild_id=1, visible_only=True) == 3
 
 
 async def test_moderation_log_filters(store, clock):
