@@ -31,8 +31,9 @@ Then run `python -m bot` again."""
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
     # At DEBUG these log request URLs, which carry interaction tokens.
     for name in ("discord.http", "discord.webhook"):
         logging.getLogger(name).setLevel(logging.INFO)
@@ -49,15 +50,19 @@ async def run(settings: Settings) -> None:
         try:
             q = settings.queue
             scheduler = Scheduler(
-                store, worker, max_batch=q.batch_size,
-                max_waiting_per_user=q.max_waiting_per_user, daily_quota=q.daily_quota,
+                store,
+                worker,
+                max_batch=q.batch_size,
+                max_waiting_per_user=q.max_waiting_per_user,
+                daily_quota=q.daily_quota,
                 initial_cost_per_second=q.initial_mpix_steps_per_second * 1e6,
             )
             async with EaselBot(settings, store, worker, scheduler) as bot:
                 loop = asyncio.get_running_loop()
                 with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(signal.SIGTERM,
-                                            lambda: asyncio.ensure_future(bot.close()))
+                    loop.add_signal_handler(
+                        signal.SIGTERM, lambda: asyncio.ensure_future(bot.close())
+                    )
                 await bot.start(settings.discord_token)
         finally:
             await worker.stop()
@@ -76,8 +81,11 @@ def main() -> int:
     try:
         asyncio.run(run(settings))
     except discord.LoginFailure:
-        print("easel: Discord rejected DISCORD_TOKEN; reset the bot token in the developer "
-              "portal and put the new one in .env.", file=sys.stderr)
+        print(
+            "easel: Discord rejected DISCORD_TOKEN; reset the bot token in the developer "
+            "portal and put the new one in .env.",
+            file=sys.stderr,
+        )
         return 1
     except ModelLoadError as error:
         print(f"easel: {error}", file=sys.stderr)

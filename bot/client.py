@@ -33,8 +33,13 @@ class EaselBot(commands.Bot):
     def __init__(self, settings: Settings, store: Store, worker: Worker, scheduler: Scheduler):
         intents = discord.Intents.none()
         intents.guilds = True  # channel and role caches: permissions, upload limits
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents,
-                         tree_cls=EaselTree, allowed_mentions=NO_PINGS, help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=EaselTree,
+            allowed_mentions=NO_PINGS,
+            help_command=None,
+        )
         self.settings = settings
         self.store = store
         self.worker = worker
@@ -65,19 +70,26 @@ class EaselBot(commands.Bot):
             log.info("Synced %d commands to server %s", len(self.synced_commands), guild_id)
         else:
             self.synced_commands = await self.tree.sync()
-            log.info("Synced %d commands globally (they can take a while to appear)",
-                     len(self.synced_commands))
+            log.info(
+                "Synced %d commands globally (they can take a while to appear)",
+                len(self.synced_commands),
+            )
 
     async def on_ready(self) -> None:
-        log.info("Connected as %s (%s) to %d server(s)", self.user, getattr(self.user, "id", "?"),
-                 len(self.guilds))
+        log.info(
+            "Connected as %s (%s) to %d server(s)",
+            self.user,
+            getattr(self.user, "id", "?"),
+            len(self.guilds),
+        )
 
     async def close(self) -> None:
         await self.scheduler.stop(grace=5.0)
         await super().close()
 
-    async def audit_line(self, interaction: discord.Interaction | None, text: str, *,
-                         guild_id: int | None = None) -> None:
+    async def audit_line(
+        self, interaction: discord.Interaction | None, text: str, *, guild_id: int | None = None
+    ) -> None:
         """One short line in the moderators' log channel, if one is configured."""
         channel_id = self.settings.discord.log_channel_id
         if interaction is not None and interaction.guild_id is not None:
@@ -95,6 +107,7 @@ class EaselBot(commands.Bot):
             who += ": "
         try:
             await self.get_partial_messageable(channel_id).send(
-                (who + text)[:1900], allowed_mentions=NO_PINGS)
+                (who + text)[:1900], allowed_mentions=NO_PINGS
+            )
         except discord.HTTPException as error:
             log.warning("Could not write to the log channel %s: %s", channel_id, error)

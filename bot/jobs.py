@@ -48,6 +48,7 @@ class JobService:
     def __init__(self, bot: EaselBot):
         self.bot = bot
         self._status: dict[int, _Status] = {}
+        self._prepared: set[int] = set()  # servers whose word list and settings are seeded
 
     @property
     def settings(self):
@@ -58,50 +59,72 @@ class JobService:
     def base_request(self, **values: Any) -> GenerationRequest:
         g = self.settings.generation
         request = GenerationRequest(
-            prompt="", steps=g.default_steps, guidance=g.default_guidance,
-            count=g.default_count, sampler=g.default_sampler, model=self.settings.model.id,
-            width=self.bot.native_size, height=self.bot.native_size,
+            prompt="",
+            steps=g.default_steps,
+            guidance=g.default_guidance,
+            count=g.default_count,
+            sampler=g.default_sampler,
+            model=self.settings.model.id,
+            width=self.bot.native_size,
+            height=self.bot.native_size,
         )
         return dataclasses.replace(request, **{k: v for k, v in values.items() if v is not None})
 
-    async def submit(self, interaction: discord.Interaction, request: GenerationRequest, *,
-                     kind: str = "imagine", parent: Generation | None = None,
-                     parent_index: int | None = None) -> Generation | None:
+    async def submit(
+        self,
+        interaction: discord.Interaction,
+        request: GenerationRequest,
+        *,
+        kind: str = "imagine",
+        parent: Generation | None = None,
+        parent_index: int | None = None,
+    ) -> Generation | None:
         """Validate, check the word list, queue; answer the member privately either way."""
-        where = dict(user_id=interaction.user.id, guild_id=interaction.guild_id,
-                     channel_id=interaction.channel_id, kind=kind,
-                     parent_id=parent.id if parent else None, parent_image_index=parent_index,
-                     user_name=interaction.user.display_name)
+        where = dict(
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            kind=kind,
+            parent_id=parent.id if parent else None,
+            parent_image_index=parent_index,
+            user_name=interaction.user.display_name,
+        )
         try:
             request = validate(request, self.settings.limits)
         except RequestError as error:
-            await self.bot.store.log_refusal(request, reason="bad_input", message=str(error),
-                                             **where)
+            await self.bot.store.log_refusal(
+                request, reason="bad_input", message=str(error), **where
+            )
             await self.bot.audit_line(interaction, f"refused (bad input): {error}")
             raise UserError(str(error)) from None
         banned = await self.banned_word(interaction.guild_id, request)
         if banned is not None:
-            message = ("Your prompt contains a word this server does not allow; "
-                       "rephrase it and try again.")
-            gen = await self.bot.store.log_refusal(request, reason="banned_word", message=message,
-                                                   **where)
-            await self.bot.audit_line(interaction, f"refused #{gen.id} (banned word "
-                                      f"{banned!r}): {render.quote(request.prompt)[:200]}")
+            message = (
+                "Your prompt contains a word this server does not allow; rephrase it and try again."
+            )
+            gen = await self.bot.store.log_refusal(
+                request, reason="banned_word", message=message, **where
+            )
+            await self.bot.audit_line(
+                interaction,
+                f"refused #{gen.id} (banned word {banned!r}): {render.quote(request.prompt)[:200]}",
+            )
             raise UserError(message)
         # One quick SQLite write; the answer goes out well inside Discord's 3 seconds, and a
         # refusal can still be private.
         try:
             gen = await self.bot.scheduler.submit(request, **where)
         except QueueRefused as refused:
-            await self.bot.audit_line(interaction, f"refused ({refused.reason}): "
-                                      f"{render.quote(request.prompt)[:200]}")
+            await self.bot.audit_line(
+                interaction, f"refused ({refused.reason}): {render.quote(request.prompt)[:200]}"
+            )
             raise UserError(refused.message) from None
         queued = dataclasses.replace(request, seed=gen.recipe.get("seed"))
         self._status[gen.id] = _Status(interaction, queued)
         # The status is public, like the queue itself; it goes away when the result is posted.
         await interaction.response.send_message(
-            self._queued_text(gen.id, queued), view=cancel_view(gen.id),
-            allowed_mentions=NO_PINGS)
+            self._queued_text(gen.id, queued), view=cancel_view(gen.id), allowed_mentions=NO_PINGS
+        )
         line = f"queued #{gen.id} ({kind}): {render.quote(request.prompt)[:300]}"
         if parent is not None:
             line += f" — from #{parent.id}"
@@ -109,10 +132,27 @@ class JobService:
         return gen
 
     async def banned_word(self, guild_id: int | None, request: GenerationRequest) -> str | None:
-        words = list(self.settings.moderation.banned_words)
-        if guild_id is not None:
-            words += await self.bot.store.banned_words(guild_id)
+        if guild_id is None:
+            words = list(self.settings.moderation.banned_words)
+        else:
+            words = await self.server_words(guild_id)
         return find_banned(f"{request.prompt}\n{request.negative}", words)
+
+    async def prepare_guild(self, guild_id: int) -> None:
+        """The first time Easel sees a server, copy in the configured default banned words and
+        safety mode; from then on the moderators' edits (/mod words, /mod safety) stick."""
+        if guild_id in self._prepared:
+            return
+        moderation = self.settings.moderation
+        seeded = await self.bot.store.seed_banned_words(guild_id, moderation.banned_words)
+        if seeded and moderation.safety_mode != "withhold":
+            await self.bot.store.set_safety_mode(guild_id, moderation.safety_mode)
+        self._prepared.add(guild_id)
+
+    async def server_words(self, guild_id: int) -> list[str]:
+        """A server's banned words (the configured defaults seeded in on first use)."""
+        await self.prepare_guild(guild_id)
+        return await self.bot.store.banned_words(guild_id)
 
     def _queued_text(self, gen_id: int, request: GenerationRequest) -> str:
         scheduler = self.bot.scheduler
@@ -123,8 +163,10 @@ class JobService:
         elif position == 0:
             state = "running"
         else:
-            state = (f"queued, position {position} of {scheduler.waiting_count}, "
-                     f"ready in about {render.fmt_seconds(eta)}")
+            state = (
+                f"queued, position {position} of {scheduler.waiting_count}, "
+                f"ready in about {render.fmt_seconds(eta)}"
+            )
         return render.status_text(request, gen_id, state)
 
     # --- scheduler listener ---------------------------------------------------------------
@@ -132,8 +174,9 @@ class JobService:
     async def on_started(self, gen: Generation) -> None:
         status = self._status.get(gen.id)
         if status is not None:
-            await self._edit_status(gen.id, render.status_text(status.request, gen.id,
-                                                                 "starting…"), keep_view=True)
+            await self._edit_status(
+                gen.id, render.status_text(status.request, gen.id, "starting…"), keep_view=True
+            )
 
     async def on_progress(self, gen_id: int, step: int, total: int) -> None:
         status = self._status.get(gen_id)
@@ -144,8 +187,7 @@ class JobService:
             return
         status.last_edit = now
         bar = "█" * round(10 * step / max(total, 1))
-        text = render.status_text(status.request, gen_id,
-                                  f"step {step} of {total} `{bar:<10}`")
+        text = render.status_text(status.request, gen_id, f"step {step} of {total} `{bar:<10}`")
         await self._edit_status(gen_id, text, keep_view=True)
 
     async def on_finished(self, gen: Generation, result: GenerationResult) -> None:
@@ -153,19 +195,22 @@ class JobService:
         request = status.request if status else gen.request
         if gen.status == "cancelled":
             if status:
-                await self._edit_status_of(status, render.status_text(request, gen.id,
-                                                                      "cancelled."))
+                await self._edit_status_of(
+                    status, render.status_text(request, gen.id, "cancelled.")
+                )
             return
         if gen.delivered:
             return
         try:
             message = await self.post_result(gen, result)
         except discord.HTTPException:
-            log.exception("Could not post the result of #%d; it will be posted after a restart",
-                          gen.id)
+            log.exception(
+                "Could not post the result of #%d; it will be posted after a restart", gen.id
+            )
             return
-        await self.bot.store.mark_delivered(gen.id, channel_id=gen.channel_id,
-                                            message_id=message.id if message else None)
+        await self.bot.store.mark_delivered(
+            gen.id, channel_id=gen.channel_id, message_id=message.id if message else None
+        )
         if status and message is not None:
             # The result message mentions the author; the status line has done its job.
             await self._delete_status(status)
@@ -182,21 +227,24 @@ class JobService:
         if status is not None:
             await self._edit_status_of(status, text, keep_view=keep_view, gen_id=gen_id)
 
-    async def _edit_status_of(self, status: _Status, text: str, *, keep_view: bool = False,
-                              gen_id: int | None = None) -> None:
+    async def _edit_status_of(
+        self, status: _Status, text: str, *, keep_view: bool = False, gen_id: int | None = None
+    ) -> None:
         if status.interaction.is_expired():
             return
         view = cancel_view(gen_id) if keep_view and gen_id is not None else None
         try:
-            await status.interaction.edit_original_response(content=text, view=view,
-                                                            allowed_mentions=NO_PINGS)
+            await status.interaction.edit_original_response(
+                content=text, view=view, allowed_mentions=NO_PINGS
+            )
         except discord.HTTPException as error:
             log.debug("Status edit failed: %s", error)
 
     # --- posting results -----------------------------------------------------------------
 
-    async def post_result(self, gen: Generation, result: GenerationResult
-                          ) -> discord.Message | None:
+    async def post_result(
+        self, gen: Generation, result: GenerationResult
+    ) -> discord.Message | None:
         """The result as a normal channel message (interaction tokens expire after 15 min)."""
         if gen.channel_id is None:
             return None
@@ -206,14 +254,16 @@ class JobService:
             error = gen.error or result.error or "it failed"
             return await channel.send(
                 f"<@{gen.user_id}> sorry, #{gen.id} could not be made: {error}",
-                allowed_mentions=allow_user_ping(author))
+                allowed_mentions=allow_user_ping(author),
+            )
         parent = await self.bot.store.get(gen.parent_id) if gen.parent_id else None
         mode = "withhold"
         if gen.guild_id is not None:
             mode = (await self.bot.store.guild_settings(gen.guild_id)).safety_mode
         shown, spoilered, withheld = [], [], []
         for image in gen.images:
-            if image.public:
+            # In spoiler mode a flagged image stays behind its spoiler, released or not.
+            if image.public and not (mode == "spoiler" and image.flagged):
                 shown.append(image)
             elif mode == "spoiler" and image.review != "removed":
                 spoilered.append(image)
@@ -224,11 +274,15 @@ class JobService:
         if line:
             content += f" — {line}"
         if spoilered:
-            content += ("\n⚠️ Content warning: the safety checker flagged "
-                        f"{_count(len(spoilered), 'image')}; it is behind a spoiler.")
+            content += (
+                "\n⚠️ Content warning: the safety checker flagged "
+                f"{_count(len(spoilered), 'image')}; it is behind a spoiler."
+            )
         if withheld:
-            content += (f"\n🛡️ {_count(len(withheld), 'image')} withheld for moderator review "
-                        "(the safety checker flagged it).")
+            content += (
+                f"\n🛡️ {_count(len(withheld), 'image')} withheld for moderator review "
+                "(the safety checker flagged it)."
+            )
         pngs = []
         for image in [*shown, *spoilered]:
             png = await asyncio.to_thread(image.path.read_bytes)
@@ -241,11 +295,15 @@ class JobService:
         if files:
             embed.set_image(url=f"attachment://{files[0].filename}")
         request = gen.request
-        view = result_view(gen.id, [image.index for image in shown],
-                           max_pixels=self.settings.generation.max_pixels,
-                           size=(request.width, request.height))
-        return await channel.send(content, embed=embed, files=files, view=view,
-                                  allowed_mentions=allow_user_ping(author))
+        view = result_view(
+            gen.id,
+            [image.index for image in shown],
+            max_pixels=self.settings.generation.max_pixels,
+            size=(request.width, request.height),
+        )
+        return await channel.send(
+            content, embed=embed, files=files, view=view, allowed_mentions=allow_user_ping(author)
+        )
 
     def _upload_limit(self, guild_id: int | None) -> int:
         guild = self.bot.get_guild(guild_id) if guild_id else None
@@ -267,11 +325,12 @@ class JobService:
             if image is None:
                 raise UserError(f"#{gen_id} has no image {index + 1}.")
             if not image.public:
-                raise UserError(f"Image {index + 1} of #{gen_id} is withheld for moderator "
-                                "review, so it cannot be remixed.")
+                raise UserError(
+                    f"Image {index + 1} of #{gen_id} is withheld for moderator "
+                    "review, so it cannot be remixed."
+                )
         elif gen.images and not any(image.public for image in gen.images):
-            raise UserError(f"#{gen_id} is withheld for moderator review, so it cannot be "
-                            "remixed.")
+            raise UserError(f"#{gen_id} is withheld for moderator review, so it cannot be remixed.")
         return gen
 
     async def reroll(self, interaction: discord.Interaction, gen_id: int) -> None:
@@ -280,8 +339,9 @@ class JobService:
         request = dataclasses.replace(parent.request, seed=None, job_id="", init_image=None)
         if request.mode != "txt2img":
             request = dataclasses.replace(
-                request, init_image=await self._source_png(parent.parent_id,
-                                                           parent.parent_image_index))
+                request,
+                init_image=await self._source_png(parent.parent_id, parent.parent_image_index),
+            )
         await self.submit(interaction, request, kind="reroll", parent=parent)
 
     async def vary(self, interaction: discord.Interaction, gen_id: int, index: int) -> None:
@@ -289,11 +349,16 @@ class JobService:
         parent = await self.source(gen_id, index)
         image = parent.image(index)
         request = dataclasses.replace(
-            parent.request, mode="img2img", seed=None, count=1, job_id="",
+            parent.request,
+            mode="img2img",
+            seed=None,
+            count=1,
+            job_id="",
             init_image=await self._source_png(gen_id, index),
             strength=self.settings.generation.vary_strength,
-            width=image.width or parent.request.width, height=image.height or
-            parent.request.height)
+            width=image.width or parent.request.width,
+            height=image.height or parent.request.height,
+        )
         await self.submit(interaction, request, kind="vary", parent=parent, parent_index=index)
 
     async def upscale(self, interaction: discord.Interaction, gen_id: int, index: int) -> None:
@@ -303,29 +368,41 @@ class JobService:
         width = (image.width or parent.request.width) * 2
         height = (image.height or parent.request.height) * 2
         request = dataclasses.replace(
-            parent.request, mode="upscale", seed=image.seed, count=1, job_id="",
-            init_image=await self._source_png(gen_id, index), width=width, height=height,
-            strength=self.settings.generation.upscale_strength)
-        await self.submit(interaction, request, kind="upscale", parent=parent,
-                          parent_index=index)
+            parent.request,
+            mode="upscale",
+            seed=image.seed,
+            count=1,
+            job_id="",
+            init_image=await self._source_png(gen_id, index),
+            width=width,
+            height=height,
+            strength=self.settings.generation.upscale_strength,
+        )
+        await self.submit(interaction, request, kind="upscale", parent=parent, parent_index=index)
 
     async def open_remix_modal(self, interaction: discord.Interaction, gen_id: int) -> None:
         """✏️ A modal with the prompt prefilled; same seed and settings on submit."""
         parent = await self.source(gen_id)
-        await interaction.response.send_modal(RemixModal(
-            self.bot, gen_id, parent.prompt, parent.negative,
-            self.settings.generation.max_prompt_chars))
+        await interaction.response.send_modal(
+            RemixModal(
+                self.bot,
+                gen_id,
+                parent.prompt,
+                parent.negative,
+                self.settings.generation.max_prompt_chars,
+            )
+        )
 
-    async def remix(self, interaction: discord.Interaction, gen_id: int, **overrides: Any
-                    ) -> None:
+    async def remix(self, interaction: discord.Interaction, gen_id: int, **overrides: Any) -> None:
         """Same seed and settings as the source, with a new prompt and any overrides."""
         parent = await self.source(gen_id)
         values = {k: v for k, v in overrides.items() if v is not None}
         request = dataclasses.replace(parent.request, job_id="", init_image=None, **values)
         if request.mode != "txt2img":
             request = dataclasses.replace(
-                request, init_image=await self._source_png(parent.parent_id,
-                                                           parent.parent_image_index))
+                request,
+                init_image=await self._source_png(parent.parent_id, parent.parent_image_index),
+            )
         await self.submit(interaction, request, kind="remix", parent=parent)
 
     async def _source_png(self, gen_id: int | None, index: int | None) -> bytes:
@@ -354,17 +431,22 @@ class JobService:
             raise UserError(f"#{gen_id} is already deleted.")
         await self.bot.store.mark_deleted(gen_id, by=interaction.user.id)
         if gen.message_id and gen.message_channel_id:
-            channel = self.bot.get_partial_messageable(gen.message_channel_id,
-                                                       guild_id=gen.guild_id)
+            channel = self.bot.get_partial_messageable(
+                gen.message_channel_id, guild_id=gen.guild_id
+            )
             try:
                 await channel.get_partial_message(gen.message_id).delete()
             except discord.NotFound:
                 pass
         if moderator and interaction.user.id != gen.user_id:
             await self.bot.store.add_audit(
-                actor_id=interaction.user.id, action="remove", guild_id=gen.guild_id,
-                target_user_id=gen.user_id, target_generation_id=gen.id,
-                reason="deleted from the channel")
+                actor_id=interaction.user.id,
+                action="remove",
+                guild_id=gen.guild_id,
+                target_user_id=gen.user_id,
+                target_generation_id=gen.id,
+                reason="deleted from the channel",
+            )
         await self.bot.audit_line(interaction, f"deleted #{gen_id}")
         await reply(interaction, f"Deleted #{gen_id} from the channel; the log keeps its record.")
 
@@ -375,8 +457,10 @@ class JobService:
         if not await self.bot.scheduler.cancel(gen_id, user_id=interaction.user.id):
             raise UserError(f"#{gen_id} is no longer waiting or running.")
         await interaction.response.edit_message(
-            content=render.status_text(gen.request, gen_id, "cancelled."), view=None,
-            allowed_mentions=NO_PINGS)
+            content=render.status_text(gen.request, gen_id, "cancelled."),
+            view=None,
+            allowed_mentions=NO_PINGS,
+        )
 
 
 def _count(n: int, noun: str) -> str:

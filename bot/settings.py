@@ -232,7 +232,7 @@ def _check(key: str, value: Any, meta: dict[str, Any]) -> None:
                     f"Setting {key}: {item!r} is not allowed; use one of: {', '.join(choices)}."
                 )
     low, high = meta.get("low"), meta.get("high")
-    if low is not None and value < low or high is not None and value > high:
+    if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
         raise SettingsError(f"Setting {key}: must be {bounds} (got {value!r}).")
 

@@ -27,22 +27,38 @@ class _GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"$^
     style = discord.ButtonStyle.secondary
     button_row = 0  # 🎲 ✏️ ℹ️ 🗑 share the first row; 🔀 and ⬆️ get one row each
 
-    def __init__(self, gen_id: int, index: int | None = None, *, label: str | None = None,
-                 emoji: str | None = None) -> None:
+    def __init__(
+        self,
+        gen_id: int,
+        index: int | None = None,
+        *,
+        label: str | None = None,
+        emoji: str | None = None,
+    ) -> None:
         custom_id = f"easel:{self.action}:{gen_id}" + ("" if index is None else f":{index}")
-        super().__init__(discord.ui.Button(
-            label=label if label is not None else self.label, emoji=emoji or self.emoji,
-            style=self.style, custom_id=custom_id, row=type(self).button_row,
-        ))
+        super().__init__(
+            discord.ui.Button(
+                label=label if label is not None else self.label,
+                emoji=emoji or self.emoji,
+                style=self.style,
+                custom_id=custom_id,
+                row=type(self).button_row,
+            )
+        )
         self.gen_id = gen_id
         self.index = index
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str]) -> _GenerationButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> _GenerationButton:
         index = match.groupdict().get("index")
-        return cls(int(match["gen"]), None if index is None else int(index),
-                   label=item.label, emoji=str(item.emoji) if item.emoji else None)
+        return cls(
+            int(match["gen"]),
+            None if index is None else int(index),
+            label=item.label,
+            emoji=str(item.emoji) if item.emoji else None,
+        )
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
@@ -107,7 +123,13 @@ class DeleteButton(_GenerationButton, template=r"easel:delete:(?P<gen>\d+)"):
 
 
 PERSISTENT_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
-    CancelButton, RerollButton, RemixButton, VaryButton, UpscaleButton, InfoButton, DeleteButton,
+    CancelButton,
+    RerollButton,
+    RemixButton,
+    VaryButton,
+    UpscaleButton,
+    InfoButton,
+    DeleteButton,
 )
 
 
@@ -117,8 +139,14 @@ def cancel_view(gen_id: int) -> discord.ui.View:
     return view
 
 
-def result_view(gen_id: int, public_indexes: Sequence[int], *, can_derive: bool = True,
-                max_pixels: int = 0, size: tuple[int, int] = (0, 0)) -> discord.ui.View:
+def result_view(
+    gen_id: int,
+    public_indexes: Sequence[int],
+    *,
+    can_derive: bool = True,
+    max_pixels: int = 0,
+    size: tuple[int, int] = (0, 0),
+) -> discord.ui.View:
     """🎲 ✏️ ℹ️ 🗑 on the first row, then 🔀 V1…V4 and ⬆️ U1…U4 for each shown image."""
     view = discord.ui.View(timeout=None)
     if can_derive:
@@ -139,24 +167,34 @@ def result_view(gen_id: int, public_indexes: Sequence[int], *, can_derive: bool 
 class RemixModal(discord.ui.Modal):
     """✏️ Remix: the prompt and negative prefilled; same seed and settings as the source."""
 
-    def __init__(self, bot: EaselBot, gen_id: int, prompt: str, negative: str,
-                 max_chars: int) -> None:
+    def __init__(
+        self, bot: EaselBot, gen_id: int, prompt: str, negative: str, max_chars: int
+    ) -> None:
         super().__init__(title=f"Remix #{gen_id}", timeout=15 * 60)
         self.bot = bot
         self.gen_id = gen_id
         limit = min(max_chars, 4000)
         self.prompt = discord.ui.TextInput(
-            label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:limit],
-            max_length=limit, required=True)
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=prompt[:limit],
+            max_length=limit,
+            required=True,
+        )
         self.negative = discord.ui.TextInput(
-            label="Negative prompt", style=discord.TextStyle.paragraph,
-            default=negative[:limit] or None, max_length=limit, required=False)
+            label="Negative prompt",
+            style=discord.TextStyle.paragraph,
+            default=negative[:limit] or None,
+            max_length=limit,
+            required=False,
+        )
         self.add_item(self.prompt)
         self.add_item(self.negative)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await self.bot.jobs.remix(interaction, self.gen_id, prompt=self.prompt.value,
-                                  negative=self.negative.value)
+        await self.bot.jobs.remix(
+            interaction, self.gen_id, prompt=self.prompt.value, negative=self.negative.value
+        )
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         await report(interaction, error)

@@ -21,7 +21,8 @@ def normalise(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).casefold()
     decomposed = unicodedata.normalize("NFKD", text)
     kept = [
-        ch for ch in decomposed
+        ch
+        for ch in decomposed
         if unicodedata.category(ch) not in ("Mn", "Me", "Cf") and ch not in _INVISIBLE
     ]
     return unicodedata.normalize("NFKC", "".join(kept))

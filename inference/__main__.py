@@ -17,8 +17,9 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m inference",
-                                     description="Easel's Stable Diffusion engine, alone.")
+    parser = argparse.ArgumentParser(
+        prog="python -m inference", description="Easel's Stable Diffusion engine, alone."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="make images from a prompt")
@@ -33,23 +34,36 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int)
     gen.add_argument("--count", type=int, default=1, help="images to make (each its own seed)")
     gen.add_argument("--sampler", choices=list(SAMPLERS), default="DPM++ 2M Karras")
-    gen.add_argument("--model", default=os.environ.get("EASEL_MODEL", DEFAULT_MODEL),
-                     help="hub id or local diffusers folder (default: $EASEL_MODEL or SD 1.5)")
-    gen.add_argument("--device", default=os.environ.get("EASEL_DEVICE", "auto"),
-                     choices=["auto", "cuda", "mps", "cpu"])
+    gen.add_argument(
+        "--model",
+        default=os.environ.get("EASEL_MODEL", DEFAULT_MODEL),
+        help="hub id or local diffusers folder (default: $EASEL_MODEL or SD 1.5)",
+    )
+    gen.add_argument(
+        "--device",
+        default=os.environ.get("EASEL_DEVICE", "auto"),
+        choices=["auto", "cuda", "mps", "cpu"],
+    )
     gen.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     gen.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    gen.add_argument("--no-safety-checker", action="store_true",
-                     help="skip the checkpoint's safety checker")
-    gen.add_argument("--out", default=None, help="PNG path (default: easel-SEED.png); with "
-                     "--count > 1 the files are numbered NAME-1.png, NAME-2.png, …")
+    gen.add_argument(
+        "--no-safety-checker", action="store_true", help="skip the checkpoint's safety checker"
+    )
+    gen.add_argument(
+        "--out",
+        default=None,
+        help="PNG path (default: easel-SEED.png); with "
+        "--count > 1 the files are numbered NAME-1.png, NAME-2.png, …",
+    )
 
-    dummy = commands.add_parser("dummy-model",
-                                help="write a random-weight pipeline (for offline checks)")
+    dummy = commands.add_parser(
+        "dummy-model", help="write a random-weight pipeline (for offline checks)"
+    )
     dummy.add_argument("folder")
     dummy.add_argument("--preset", choices=["tiny", "sd15"], default="tiny")
-    dummy.add_argument("--always-flag", action="store_true",
-                       help="a safety checker that flags every image")
+    dummy.add_argument(
+        "--always-flag", action="store_true", help="a safety checker that flags every image"
+    )
     return parser
 
 
@@ -59,8 +73,9 @@ def _out_paths(out: str | None, seeds: list[int]) -> list[Path]:
     path = Path(out)
     if len(seeds) == 1:
         return [path]
-    return [path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}")
-            for i in range(len(seeds))]
+    return [
+        path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}") for i in range(len(seeds))
+    ]
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -68,12 +83,23 @@ def generate(args: argparse.Namespace) -> int:
         print("error: --height needs --width too (or use --aspect).", file=sys.stderr)
         return 2
     request = GenerationRequest(
-        prompt=args.prompt, negative=args.negative, seed=args.seed, steps=args.steps,
-        guidance=args.guidance, count=args.count, sampler=args.sampler, model=args.model,
+        prompt=args.prompt,
+        negative=args.negative,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        count=args.count,
+        sampler=args.sampler,
+        model=args.model,
         job_id="cli",
     )
-    limits = Limits(max_steps=500, max_guidance=50.0, max_count=16, max_pixels=4096 * 4096,
-                    max_prompt_chars=4000)
+    limits = Limits(
+        max_steps=500,
+        max_guidance=50.0,
+        max_count=16,
+        max_pixels=4096 * 4096,
+        max_prompt_chars=4000,
+    )
     try:
         if args.width is not None:
             request.width, request.height = args.width, args.height or args.width
@@ -86,8 +112,13 @@ def generate(args: argparse.Namespace) -> int:
 
     from .engine import Engine, EngineConfig, ModelLoadError
 
-    config = EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                          compile=args.compile, safety_checker=not args.no_safety_checker)
+    config = EngineConfig(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        safety_checker=not args.no_safety_checker,
+    )
     print(f"Loading {args.model} …", file=sys.stderr)
     try:
         engine = Engine(config).load()
@@ -102,8 +133,11 @@ def generate(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if engine.prompt_truncated(request.prompt):
-        print(f"note: the prompt is longer than {engine.max_prompt_tokens} tokens; "
-              "the model only sees the first part.", file=sys.stderr)
+        print(
+            f"note: the prompt is longer than {engine.max_prompt_tokens} tokens; "
+            "the model only sees the first part.",
+            file=sys.stderr,
+        )
 
     bar = tqdm(total=request.steps, unit="step", file=sys.stderr, leave=False)
 
@@ -130,8 +164,7 @@ def generate(args: argparse.Namespace) -> int:
         path.write_bytes(image.png)
         print(f"seed {image.seed}: {path} ({image.width}×{image.height})")
     seconds = result.timings.get("batch", 0.0)
-    print(f"{len(result.images)} image(s) in {seconds:.2f} s on {engine.device}.",
-          file=sys.stderr)
+    print(f"{len(result.images)} image(s) in {seconds:.2f} s on {engine.device}.", file=sys.stderr)
     return 3 if flagged else 0
 
 

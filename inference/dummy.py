@@ -16,8 +16,11 @@ PRESETS = ("tiny", "sd15")
 def _byte_level_tokenizer_files(folder: Path) -> None:
     """A CLIP byte-level BPE vocabulary with every byte symbol and no merges."""
     # GPT-2's reversible byte-to-printable-character map, which CLIP's tokenizer uses.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     symbols = [chr(b) for b in printable]
     symbols += [chr(256 + n) for n in range(256 - len(printable))]
     vocab: dict[str, int] = {}
@@ -60,8 +63,11 @@ def build_dummy_pipeline(preset: str = "tiny", *, always_flag: bool = False, see
     with tempfile.TemporaryDirectory() as tmp:
         _byte_level_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.eos_token_id}
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.eos_token_id,
+    }
     if preset == "tiny":
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64),
@@ -125,11 +131,24 @@ def build_dummy_pipeline(preset: str = "tiny", *, always_flag: bool = False, see
         )
     text_encoder = CLIPTextModel(text_config)
     safety_config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
-                     "num_hidden_layers": 2, "vocab_size": 1000, "bos_token_id": 0,
-                     "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
-                       "num_hidden_layers": 2, "image_size": 224, "patch_size": 32},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 1000,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
         projection_dim=32,
     )
     safety_checker = StableDiffusionSafetyChecker(safety_config)
@@ -141,7 +160,10 @@ def build_dummy_pipeline(preset: str = "tiny", *, always_flag: bool = False, see
         crop_size=224, size={"shortest_edge": 224}, do_center_crop=True, do_resize=True
     )
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
         steps_offset=1,
     )
     return StableDiffusionPipeline(
@@ -156,7 +178,9 @@ def build_dummy_pipeline(preset: str = "tiny", *, always_flag: bool = False, see
     )
 
 
-def save_dummy_model(folder: str | Path, preset: str = "tiny", *, always_flag: bool = False) -> Path:
+def save_dummy_model(
+    folder: str | Path, preset: str = "tiny", *, always_flag: bool = False
+) -> Path:
     """Write a random-weight pipeline to `folder` in diffusers layout and return the folder."""
     folder = Path(folder)
     pipe = build_dummy_pipeline(preset, always_flag=always_flag)

@@ -209,8 +209,9 @@ class Engine:
                 raise ModelLoadError(_explain_load_error(self.config.upscaler, error)) from None
             self._upscaler.set_progress_bar_config(disable=True)
         self.load_seconds = time.perf_counter() - started
-        log.info("Loaded %s on %s (%s) in %.1f s", model, self.device, self.dtype,
-                 self.load_seconds)
+        log.info(
+            "Loaded %s on %s (%s) in %.1f s", model, self.device, self.dtype, self.load_seconds
+        )
         return self
 
     @property
@@ -249,8 +250,11 @@ class Engine:
             raise RequestError("A batch must hold requests with the same size, steps and sampler.")
         requests = [request.with_seed() for request in batch]
         results = [
-            GenerationResult(job_id=request.job_id, batch_size=len(requests),
-                             prompt_truncated=self.prompt_truncated(request.prompt))
+            GenerationResult(
+                job_id=request.job_id,
+                batch_size=len(requests),
+                prompt_truncated=self.prompt_truncated(request.prompt),
+            )
             for request in requests
         ]
         job_ids = {request.job_id for request in requests}
@@ -271,8 +275,9 @@ class Engine:
         stopped = set(cancelled())
         total_images = len(slots)
         for index, (result, request) in enumerate(zip(results, requests, strict=True)):
-            mine = [(slot, array, flag) for slot, array, flag in images
-                    if slot.request_index == index]
+            mine = [
+                (slot, array, flag) for slot, array, flag in images if slot.request_index == index
+            ]
             if request.job_id in stopped:
                 result.cancelled = True
                 continue
@@ -300,14 +305,20 @@ class Engine:
             if self.device == "cuda":
                 torch.cuda.empty_cache()
             if len(slots) == 1:
-                log.warning("Out of memory for a single image of %sx%s", template.width,
-                            template.height)
+                log.warning(
+                    "Out of memory for a single image of %sx%s", template.width, template.height
+                )
                 return [(slots[0], None, False)]
             half = len(slots) // 2
-            log.warning("Out of memory with %d images; retrying as %d + %d", len(slots), half,
-                        len(slots) - half)
-            return self._run_slots(template, slots[:half], on_progress, job_ids, cancelled) + \
-                self._run_slots(template, slots[half:], on_progress, job_ids, cancelled)
+            log.warning(
+                "Out of memory with %d images; retrying as %d + %d",
+                len(slots),
+                half,
+                len(slots) - half,
+            )
+            return self._run_slots(
+                template, slots[:half], on_progress, job_ids, cancelled
+            ) + self._run_slots(template, slots[half:], on_progress, job_ids, cancelled)
         flags = self._safety_flags(arrays)
         return list(zip(slots, arrays, flags, strict=True))
 
@@ -370,18 +381,28 @@ class Engine:
         import numpy as np
 
         source = self._init_image(
-            GenerationRequest(prompt="", init_image=request.init_image,
-                              width=request.width // 2, height=request.height // 2)
+            GenerationRequest(
+                prompt="",
+                init_image=request.init_image,
+                width=request.width // 2,
+                height=request.height // 2,
+            )
         )
         arrays = []
         for slot, generator in zip(slots, generators, strict=True):
-            out = self._upscaler(prompt=slot.prompt, image=source, num_inference_steps=request.steps,
-                                 guidance_scale=0, generator=generator, output_type="np")
+            out = self._upscaler(
+                prompt=slot.prompt,
+                image=source,
+                num_inference_steps=request.steps,
+                guidance_scale=0,
+                generator=generator,
+                output_type="np",
+            )
             arrays.append(np.asarray(out.images[0], dtype=np.float32))
         return arrays
 
     def _decode(self, latents):
-        """Latents to float images in [0, 1] (N, H, W, 3); NaN or black fp16 decodes redone in fp32."""
+        """Latents to images in [0, 1] (N, H, W, 3); NaN/black fp16 decodes are redone in fp32."""
         import torch
 
         vae = self.pipe.vae
@@ -390,12 +411,14 @@ class Engine:
             scaled = scaled + vae.config.shift_factor
         decoded = self._vae_decode(scaled.to(vae.dtype)).float()
         broken = [
-            i for i in range(decoded.shape[0])
+            i
+            for i in range(decoded.shape[0])
             if not torch.isfinite(decoded[i]).all() or decoded[i].max() <= -0.99
         ]
         if broken:
-            log.warning("Decoding %d image(s) again in fp32 (NaN or black in %s)", len(broken),
-                        vae.dtype)
+            log.warning(
+                "Decoding %d image(s) again in fp32 (NaN or black in %s)", len(broken), vae.dtype
+            )
             original_dtype = vae.dtype
             vae.to(torch.float32)
             try:
@@ -438,8 +461,13 @@ class Engine:
         pixels = (np.asarray(array) * 255).round().astype("uint8")
         image = Image.fromarray(pixels)
         recipe = request.recipe()
-        recipe.update(seed=slot.seed, count=1, width=image.width, height=image.height,
-                      model=request.model or self.config.model)
+        recipe.update(
+            seed=slot.seed,
+            count=1,
+            width=image.width,
+            height=image.height,
+            model=request.model or self.config.model,
+        )
         return GeneratedImage(
             png=png_with_recipe(image, recipe),
             seed=slot.seed,
@@ -451,8 +479,11 @@ class Engine:
 
 
 def _looks_like_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or os.sep in model and model.count("/") != 1 \
+    return (
+        model.startswith((".", "/", "~"))
+        or (os.sep in model and model.count("/") != 1)
         or os.path.exists(model)
+    )
 
 
 def _explain_load_error(model: str, error: Exception) -> str:

@@ -102,8 +102,15 @@ class GenerationRequest:
         if self.mode != "txt2img":
             # Each source image is its own call; never batch them with others.
             return (self.mode, self.job_id)
-        return (self.model, self.mode, self.width, self.height, self.steps, self.sampler,
-                round(self.guidance, 4))
+        return (
+            self.model,
+            self.mode,
+            self.width,
+            self.height,
+            self.steps,
+            self.sampler,
+            round(self.guidance, 4),
+        )
 
     def recipe(self) -> dict[str, Any]:
         """Everything needed to reproduce the request (no image bytes)."""
@@ -128,7 +135,7 @@ class GenerationRequest:
 
 @dataclass
 class GeneratedImage:
-    """One image of a result: PNG bytes (never redacted) and whether the safety checker flagged it."""
+    """One image of a result: PNG bytes (never redacted) and whether the checker flagged it."""
 
     png: bytes
     seed: int

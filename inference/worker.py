@@ -60,22 +60,28 @@ def _child_main(config: EngineConfig, inbox, outbox) -> None:
 
     from .engine import Engine
 
-    child_logging.basicConfig(level=child_logging.INFO,
-                              format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    child_logging.basicConfig(
+        level=child_logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s"
+    )
     started = time.perf_counter()
     try:
         engine = Engine(config).load()
     except ModelLoadError as error:
         outbox.send(("load_failed", str(error)))
         return
-    outbox.send(("ready", {
-        "native_size": engine.native_size,
-        "device": engine.device,
-        "dtype": str(engine.dtype).removeprefix("torch."),
-        "model": config.model,
-        "load_seconds": time.perf_counter() - started,
-        "peak_rss_mb": _peak_rss_mb(),
-    }))
+    outbox.send(
+        (
+            "ready",
+            {
+                "native_size": engine.native_size,
+                "device": engine.device,
+                "dtype": str(engine.dtype).removeprefix("torch."),
+                "model": config.model,
+                "load_seconds": time.perf_counter() - started,
+                "peak_rss_mb": _peak_rss_mb(),
+            },
+        )
+    )
 
     jobs: queue.Queue = queue.Queue()
     cancelled: set[str] = set()
@@ -111,8 +117,14 @@ def _child_main(config: EngineConfig, inbox, outbox) -> None:
             log.exception("Batch %s failed", batch_id)
             outbox.send(("failed", batch_id, f"{type(error).__name__}: {error}"))
         else:
-            outbox.send(("result", batch_id, results,
-                         {"peak_rss_mb": _peak_rss_mb(), "gpu_peak_mb": _gpu_peak_mb()}))
+            outbox.send(
+                (
+                    "result",
+                    batch_id,
+                    results,
+                    {"peak_rss_mb": _peak_rss_mb(), "gpu_peak_mb": _gpu_peak_mb()},
+                )
+            )
         for request in batch:
             cancelled.discard(request.job_id)
 
@@ -165,15 +177,21 @@ class Worker:
         self._outbox, child_outbox = context.Pipe(duplex=False)
         self._ready = self._loop.create_future()
         self._process = context.Process(
-            target=_child_main, args=(self.config, child_inbox, child_outbox),
-            name="easel-inference", daemon=True,
+            target=_child_main,
+            args=(self.config, child_inbox, child_outbox),
+            name="easel-inference",
+            daemon=True,
         )
         started = time.perf_counter()
         self._process.start()
         child_inbox.close()
         child_outbox.close()
-        threading.Thread(target=self._read, args=(self._outbox, self._ready),
-                         name="easel-worker-reader", daemon=True).start()
+        threading.Thread(
+            target=self._read,
+            args=(self._outbox, self._ready),
+            name="easel-worker-reader",
+            daemon=True,
+        ).start()
         try:
             self.info = await asyncio.wait_for(self._ready, self.start_timeout)
         except TimeoutError:
@@ -185,8 +203,13 @@ class Worker:
             await self._kill()
             raise
         self.info["start_seconds"] = time.perf_counter() - started
-        log.info("Worker %s ready in %.1f s: %s on %s", self.pid, self.info["start_seconds"],
-                 self.info.get("model"), self.info.get("device"))
+        log.info(
+            "Worker %s ready in %.1f s: %s on %s",
+            self.pid,
+            self.info["start_seconds"],
+            self.info.get("model"),
+            self.info.get("device"),
+        )
 
     def _read(self, outbox, ready: asyncio.Future) -> None:
         """Reader thread: hand every message from the child to the event loop."""
@@ -233,7 +256,9 @@ class Worker:
 
     def _on_exit(self, ready: asyncio.Future) -> None:
         if not ready.done():
-            ready.set_exception(ModelLoadError("The worker process exited while loading the model."))
+            ready.set_exception(
+                ModelLoadError("The worker process exited while loading the model.")
+            )
         if ready is not self._ready:
             return  # an old process's reader, already replaced
         pending, self._pending = self._pending, {}
@@ -252,13 +277,18 @@ class Worker:
                 try:
                     results = await self._run_once(batch, on_progress)
                 except WorkerCrashed:
-                    log.error("Worker crashed running jobs %s (attempt %d)",
-                              [r.job_id for r in batch], attempt)
+                    log.error(
+                        "Worker crashed running jobs %s (attempt %d)",
+                        [r.job_id for r in batch],
+                        attempt,
+                    )
                     await self._restart()
                     continue
                 except RuntimeError as error:
-                    return [GenerationResult(job_id=r.job_id, error=str(error), attempts=attempt)
-                            for r in batch]
+                    return [
+                        GenerationResult(job_id=r.job_id, error=str(error), attempts=attempt)
+                        for r in batch
+                    ]
                 for result in results:
                     result.attempts = attempt
                     if result.job_id in self._cancelled:
@@ -266,8 +296,9 @@ class Worker:
                 self._cancelled.difference_update(r.job_id for r in batch)
                 return results
             self._cancelled.difference_update(r.job_id for r in batch)
-            return [GenerationResult(job_id=r.job_id, error=CRASHED_TWICE, attempts=2)
-                    for r in batch]
+            return [
+                GenerationResult(job_id=r.job_id, error=CRASHED_TWICE, attempts=2) for r in batch
+            ]
 
     async def _run_once(self, batch, on_progress) -> list[GenerationResult]:
         batch = [r for r in batch]

@@ -24,7 +24,8 @@ class Imagine(commands.Cog):
         g = bot.settings.generation
         # Bounds come from the settings, so Discord's own form enforces them too.
         command = app_commands.Command(
-            name="imagine", description="Make images from a prompt",
+            name="imagine",
+            description="Make images from a prompt",
             callback=self.imagine,
         )
         params = command._params
@@ -70,8 +71,16 @@ class Imagine(commands.Cog):
     ) -> None:
         width, height = aspect_size(aspect or "square", self.bot.native_size)
         request = self.bot.jobs.base_request(
-            prompt=prompt, negative=negative, seed=seed, steps=steps, guidance=guidance,
-            count=count, sampler=sampler, width=width, height=height)
+            prompt=prompt,
+            negative=negative,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            count=count,
+            sampler=sampler,
+            width=width,
+            height=height,
+        )
         await self.bot.jobs.submit(interaction, request, kind="imagine")
 
 

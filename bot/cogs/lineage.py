@@ -17,19 +17,31 @@ if TYPE_CHECKING:
     from bot.client import EaselBot
 
 PAGE_SIZE = 10
-STATUS_MARKS = {"done": "", "queued": " ⏳", "running": " ⚙️", "failed": " ❌",
-                "cancelled": " ✖️", "blocked": " ⛔"}
+STATUS_MARKS = {
+    "done": "",
+    "queued": " ⏳",
+    "running": " ⚙️",
+    "failed": " ❌",
+    "cancelled": " ✖️",
+    "blocked": " ⛔",
+}
 
 
-class HistoryPageButton(discord.ui.DynamicItem[discord.ui.Button],
-                        template=r"easel:history:(?P<user>\d+):(?P<page>\d+):(?P<dir>[pn])"):
+class HistoryPageButton(
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=r"easel:history:(?P<user>\d+):(?P<page>\d+):(?P<dir>[pn])",
+):
     """◀ / ▶ on a /history page; the custom_id carries whose history and which page."""
 
     def __init__(self, user_id: int, page: int, direction: str, *, disabled: bool = False):
-        super().__init__(discord.ui.Button(
-            label="◀ Newer" if direction == "p" else "Older ▶", disabled=disabled,
-            style=discord.ButtonStyle.secondary,
-            custom_id=f"easel:history:{user_id}:{page}:{direction}"))
+        super().__init__(
+            discord.ui.Button(
+                label="◀ Newer" if direction == "p" else "Older ▶",
+                disabled=disabled,
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"easel:history:{user_id}:{page}:{direction}",
+            )
+        )
         self.user_id, self.page, self.direction = user_id, page, direction
 
     @classmethod
@@ -53,35 +65,61 @@ class Lineage(commands.Cog):
 
     # --- /remix -------------------------------------------------------------------------
 
-    @app_commands.command(name="remix", description="Same seed and settings as an image, new prompt")
+    @app_commands.command(
+        name="remix", description="Same seed and settings as an image, new prompt"
+    )
     @app_commands.describe(
-        generation="The image's number (#N)", prompt="The new prompt",
-        negative="A new negative prompt", steps="Override the steps",
-        guidance="Override the guidance", sampler="Override the sampler",
-        aspect="Override the shape", seed="Override the seed")
+        generation="The image's number (#N)",
+        prompt="The new prompt",
+        negative="A new negative prompt",
+        steps="Override the steps",
+        guidance="Override the guidance",
+        sampler="Override the sampler",
+        aspect="Override the shape",
+        seed="Override the seed",
+    )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
-    async def remix(self, interaction: discord.Interaction,
-                    generation: app_commands.Range[int, 1], prompt: str,
-                    negative: str | None = None, steps: int | None = None,
-                    guidance: float | None = None, sampler: str | None = None,
-                    aspect: str | None = None, seed: int | None = None) -> None:
-        overrides = dict(prompt=prompt, negative=negative, steps=steps, guidance=guidance,
-                         sampler=sampler, seed=seed)
+    async def remix(
+        self,
+        interaction: discord.Interaction,
+        generation: app_commands.Range[int, 1],
+        prompt: str,
+        negative: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        aspect: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        overrides = dict(
+            prompt=prompt,
+            negative=negative,
+            steps=steps,
+            guidance=guidance,
+            sampler=sampler,
+            seed=seed,
+        )
         if aspect is not None:
             overrides["width"], overrides["height"] = aspect_size(aspect, self.bot.native_size)
         await self.bot.jobs.remix(interaction, generation, **overrides)
 
     @remix.autocomplete("sampler")
     async def _sampler_choices(self, interaction, current: str):
-        return [app_commands.Choice(name=s, value=s) for s in self.bot.settings.generation.samplers
-                if current.lower() in s.lower()][:25]
+        return [
+            app_commands.Choice(name=s, value=s)
+            for s in self.bot.settings.generation.samplers
+            if current.lower() in s.lower()
+        ][:25]
 
     # --- /info --------------------------------------------------------------------------
 
-    @app_commands.command(name="info", description="The full recipe of an image and its family tree")
+    @app_commands.command(
+        name="info", description="The full recipe of an image and its family tree"
+    )
     @app_commands.describe(generation="The image's number (#N)")
-    async def info(self, interaction: discord.Interaction,
-                   generation: app_commands.Range[int, 1]) -> None:
+    async def info(
+        self, interaction: discord.Interaction, generation: app_commands.Range[int, 1]
+    ) -> None:
         await self.send_info(interaction, generation)
 
     async def send_info(self, interaction: discord.Interaction, gen_id: int) -> None:
@@ -91,13 +129,23 @@ class Lineage(commands.Cog):
             raise UserError(f"There is no image #{gen_id}.")
         ancestors = await store.ancestors(gen_id)
         children = await store.children(gen_id)
-        embed = render.recipe_embed(gen, ancestors[0] if ancestors else None,
-                                    model=self.bot.settings.model.id, images=gen.images)
+        embed = render.recipe_embed(
+            gen,
+            ancestors[0] if ancestors else None,
+            model=self.bot.settings.model.id,
+            images=gen.images,
+        )
         embed.title = f"#{gen.id} — {gen.kind}, {gen.status}"
         if gen.images:
-            embed.add_field(name="Images", inline=False, value="\n".join(
-                f"{image.index + 1}: seed {image.seed}, {image.width}×{image.height}"
-                + ("" if image.public else " (withheld)") for image in gen.images))
+            embed.add_field(
+                name="Images",
+                inline=False,
+                value="\n".join(
+                    f"{image.index + 1}: seed {image.seed}, {image.width}×{image.height}"
+                    + ("" if image.public else " (withheld)")
+                    for image in gen.images
+                ),
+            )
         link = render.jump_url(gen.guild_id, gen.message_channel_id, gen.message_id)
         if gen.deleted:
             embed.add_field(name="Message", value="deleted", inline=False)
@@ -114,11 +162,17 @@ class Lineage(commands.Cog):
                 kids += f", … ({len(children) - 20} more)"
             embed.add_field(name="Remixed into", value=render.clip(kids, 1024), inline=False)
         request = gen.request
-        embed.add_field(name="Reproduce", inline=False, value=render.clip(
-            f"`/imagine prompt:{render.quote(request.prompt)} seed:{request.seed} "
-            f"steps:{request.steps} guidance:{request.guidance:g} sampler:{request.sampler}`"
-            + (f" at {request.width}×{request.height}" if request.mode == "txt2img" else "")
-            + (" (and the same negative prompt)" if request.negative else ""), 1024))
+        embed.add_field(
+            name="Reproduce",
+            inline=False,
+            value=render.clip(
+                f"`/imagine prompt:{render.quote(request.prompt)} seed:{request.seed} "
+                f"steps:{request.steps} guidance:{request.guidance:g} sampler:{request.sampler}`"
+                + (f" at {request.width}×{request.height}" if request.mode == "txt2img" else "")
+                + (" (and the same negative prompt)" if request.negative else ""),
+                1024,
+            ),
+        )
         await reply(interaction, embed=embed)
 
     def _may_see_blocked(self, interaction: discord.Interaction, gen: Generation) -> bool:
@@ -130,20 +184,30 @@ class Lineage(commands.Cog):
 
     @app_commands.command(name="history", description="Recent images, newest first")
     @app_commands.describe(user="Whose images (default: yours)", page="Page number")
-    async def history(self, interaction: discord.Interaction, user: discord.User | None = None,
-                      page: app_commands.Range[int, 1] = 1) -> None:
+    async def history(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User | None = None,
+        page: app_commands.Range[int, 1] = 1,
+    ) -> None:
         await self.show_history(interaction, (user or interaction.user).id, page)
 
-    async def show_history(self, interaction: discord.Interaction, user_id: int, page: int, *,
-                           edit: bool = False) -> None:
+    async def show_history(
+        self, interaction: discord.Interaction, user_id: int, page: int, *, edit: bool = False
+    ) -> None:
         store = self.bot.store
         guild_id = interaction.guild_id
         total = await store.count_history(user_id, guild_id=guild_id, visible_only=True)
         pages = max(1, -(-total // PAGE_SIZE))
         if page > pages:
             raise UserError(f"There are only {pages} page(s) of history.")
-        gens = await store.history(user_id, guild_id=guild_id, limit=PAGE_SIZE,
-                                   offset=(page - 1) * PAGE_SIZE, visible_only=True)
+        gens = await store.history(
+            user_id,
+            guild_id=guild_id,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+            visible_only=True,
+        )
         lines = []
         for gen in gens:
             link = render.jump_url(gen.guild_id, gen.message_channel_id, gen.message_id)
@@ -155,7 +219,9 @@ class Lineage(commands.Cog):
             lines.append(entry)
         embed = discord.Embed(
             title=f"History of {self._name(interaction, user_id)}",
-            description="\n".join(lines) or "No images yet.", colour=render.EMBED_COLOUR)
+            description="\n".join(lines) or "No images yet.",
+            colour=render.EMBED_COLOUR,
+        )
         embed.set_footer(text=f"Page {page} of {pages} · {total} in all")
         view = discord.ui.View(timeout=None)
         view.add_item(HistoryPageButton(user_id, page - 1, "p", disabled=page <= 1))
@@ -176,11 +242,11 @@ class Lineage(commands.Cog):
 
     @app_commands.command(name="delete", description="Delete one of your images from the channel")
     @app_commands.describe(generation="The image's number (#N)")
-    async def delete(self, interaction: discord.Interaction,
-                     generation: app_commands.Range[int, 1]) -> None:
+    async def delete(
+        self, interaction: discord.Interaction, generation: app_commands.Range[int, 1]
+    ) -> None:
         await self.bot.jobs.delete(interaction, generation)
 
 
 async def setup(bot: EaselBot) -> None:
     await bot.add_cog(Lineage(bot))
-

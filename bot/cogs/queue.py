@@ -25,20 +25,25 @@ class Queue(commands.Cog):
         mine = scheduler.user_jobs(interaction.user.id)
         total = scheduler.waiting_count
         running = len(scheduler.running_ids)
-        lines = [f"**Queue:** {running} running, {total} waiting"
-                 + (" — ⏸️ paused by the moderators" if scheduler.paused else "")]
+        lines = [
+            f"**Queue:** {running} running, {total} waiting"
+            + (" — ⏸️ paused by the moderators" if scheduler.paused else "")
+        ]
         if not mine:
             lines.append("You have no jobs in the queue. Start one with /imagine.")
         for job in mine:
             where = "running" if job.status == "running" else f"position {job.position}"
-            lines.append(f"• **#{job.gen_id}** `{render.clip(render.quote(job.request.prompt), 60)}`"
-                         f" — {where}, ready in about {render.fmt_seconds(job.eta_seconds)}")
+            lines.append(
+                f"• **#{job.gen_id}** `{render.clip(render.quote(job.request.prompt), 60)}`"
+                f" — {where}, ready in about {render.fmt_seconds(job.eta_seconds)}"
+            )
         await reply(interaction, "\n".join(lines))
 
     @app_commands.command(name="cancel", description="Cancel your queued or running jobs")
     @app_commands.describe(generation="The job's number (#N); leave out to cancel all yours")
-    async def cancel(self, interaction: discord.Interaction,
-                     generation: app_commands.Range[int, 1] | None = None) -> None:
+    async def cancel(
+        self, interaction: discord.Interaction, generation: app_commands.Range[int, 1] | None = None
+    ) -> None:
         scheduler = self.bot.scheduler
         if generation is not None:
             gen = await self.bot.store.get(generation)

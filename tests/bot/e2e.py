@@ -31,15 +31,20 @@ def easel_settings(fd: FakeDiscord, data_dir: Path, model: str, **env: str):
 
 
 @contextlib.asynccontextmanager
-async def running_easel(fd: FakeDiscord, worker: Worker, data_dir: Path, model: str,
-                        **env: str) -> AsyncIterator[EaselBot]:
+async def running_easel(
+    fd: FakeDiscord, worker: Worker, data_dir: Path, model: str, **env: str
+) -> AsyncIterator[EaselBot]:
     """The bot as `python -m bot` builds it, but sharing an already started worker."""
     settings = easel_settings(fd, data_dir, model, **env)
     q = settings.queue
     async with Store.open(settings.database_path, images_dir=settings.images_dir) as store:
-        scheduler = Scheduler(store, worker, max_batch=q.batch_size,
-                              max_waiting_per_user=q.max_waiting_per_user,
-                              daily_quota=q.daily_quota)
+        scheduler = Scheduler(
+            store,
+            worker,
+            max_batch=q.batch_size,
+            max_waiting_per_user=q.max_waiting_per_user,
+            daily_quota=q.daily_quota,
+        )
         bot = EaselBot(settings, store, worker, scheduler)
         async with running_bot(bot, fd):
             yield bot

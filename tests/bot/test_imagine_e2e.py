@@ -32,8 +32,8 @@ async def world(worker, tiny_model_dir, tmp_path):
 
 def result_of(fd, gen_id: int):
     def find(message):
-        return any(e.get("title") == f"#{gen_id}" for e in message.embeds) and \
-            not message.ephemeral
+        return any(e.get("title") == f"#{gen_id}" for e in message.embeds) and not message.ephemeral
+
     return find
 
 
@@ -44,23 +44,38 @@ async def test_startup_syncs_commands_with_options(world):
     assert {"imagine", "queue", "cancel"} <= names
     imagine = fd.command("imagine", fd.guild)
     options = {o["name"]: o for o in imagine["options"]}
-    assert list(options) == ["prompt", "negative", "seed", "steps", "guidance", "aspect",
-                             "count", "sampler"]
+    assert list(options) == [
+        "prompt",
+        "negative",
+        "seed",
+        "steps",
+        "guidance",
+        "aspect",
+        "count",
+        "sampler",
+    ]
     assert options["prompt"]["required"] is True
     assert options["steps"]["max_value"] == bot.settings.generation.max_steps
     assert options["count"]["max_value"] == 4
     assert [c["value"] for c in options["aspect"]["choices"]] == [
-        "square", "portrait", "landscape", "wide", "tall"]
+        "square",
+        "portrait",
+        "landscape",
+        "wide",
+        "tall",
+    ]
     assert [c["value"] for c in options["sampler"]["choices"]] == list(
-        bot.settings.generation.samplers)
+        bot.settings.generation.samplers
+    )
 
 
 async def test_imagine_posts_result_with_images_embed_and_buttons(world):
     """An answer within the deadline, then a channel message with PNGs, recipe and buttons."""
-    fd, bot = world
+    fd, _bot = world
     alice = fd.add_member("alice")
-    handle = await fd.invoke(alice, "imagine", {"prompt": "a red fox", "seed": 1234,
-                                                "count": 2, "aspect": "wide"})
+    handle = await fd.invoke(
+        alice, "imagine", {"prompt": "a red fox", "seed": 1234, "count": 2, "aspect": "wide"}
+    )
     first = await handle.response()
     assert first.elapsed < 3.0
     status = await handle.wait_for_message(lambda m: "#" in (m.content or ""))
@@ -106,7 +121,7 @@ async def test_bad_options_are_refused_and_logged(world):
 
 async def test_everyone_in_prompt_pings_nobody(world):
     """A prompt with @everyone and a role mention never pings anyone but the author."""
-    fd, bot = world
+    fd, _bot = world
     carol = fd.add_member("carol")
     role = fd.add_role("students", mentionable=True)
     handle = await fd.invoke(carol, "imagine", {"prompt": f"@everyone <@&{role.id}> party"})
@@ -149,8 +164,10 @@ async def test_three_users_get_their_own_results_in_fair_order(world):
     gens = {g.id: g for g in await bot.store.get_many(list(results))}
     order = sorted(results, key=lambda i: (gens[i].started_at, i))
     # Both light users started before the heavy user's second job.
-    assert order.index(light1_id) < order.index(heavy_ids[1]) or \
-        gens[light1_id].started_at == gens[heavy_ids[0]].started_at
+    assert (
+        order.index(light1_id) < order.index(heavy_ids[1])
+        or gens[light1_id].started_at == gens[heavy_ids[0]].started_at
+    )
     assert order.index(light2_id) <= order.index(heavy_ids[2])
 
 

@@ -48,7 +48,8 @@ async def queued_id(handle) -> int:
 async def result(fd, gen_id: int, timeout: float = 30):
     return await fd.wait_for_message(
         lambda m: not m.ephemeral and any(e.get("title") == f"#{gen_id}" for e in m.embeds),
-        timeout=timeout)
+        timeout=timeout,
+    )
 
 
 async def imagine(fd, member, **options):
@@ -59,8 +60,7 @@ async def imagine(fd, member, **options):
 async def test_remix_button_modal_keeps_seed_and_credits_author(fd, bot):
     """B remixes A's image: A's seed, B's prompt, credit line, parent link."""
     alice, bob = fd.add_member("alice"), fd.add_member("bob")
-    gen_id, message = await imagine(fd, alice, prompt="a castle at dawn", seed=4242,
-                                    negative="fog")
+    gen_id, message = await imagine(fd, alice, prompt="a castle at dawn", seed=4242, negative="fog")
     opened = await fd.click(bob, message, button(message, "✏️"))
     response = await opened.response()
     assert response.type == 9 and opened.modal
@@ -131,8 +131,9 @@ async def test_info_shows_three_generation_chain(fd, bot):
     assert f"#{root_id} by <@{erin.id}>" in fields["Made from"]
     assert "Seed" in fields and "Model" in fields and "jump to the result" in fields["Message"]
     root_info = await fd.invoke(erin, "info", {"generation": root_id})
-    root_fields = {f["name"]: f["value"]
-                   for f in (await root_info.response()).message.embeds[0]["fields"]}
+    root_fields = {
+        f["name"]: f["value"] for f in (await root_info.response()).message.embeds[0]["fields"]
+    }
     assert f"#{mid_id} reroll by <@{finn.id}>" in root_fields["Remixed into"]
 
 
@@ -141,8 +142,11 @@ async def test_history_pages(fd, bot):
     gus = fd.add_member("gus")
     for i in range(12):
         await bot.store.create_generation(
-            bot.jobs.base_request(prompt=f"sketch {i}", seed=i), user_id=gus.id,
-            guild_id=fd.guild.id, channel_id=fd.channel.id)
+            bot.jobs.base_request(prompt=f"sketch {i}", seed=i),
+            user_id=gus.id,
+            guild_id=fd.guild.id,
+            channel_id=fd.channel.id,
+        )
     handle = await fd.invoke(gus, "history", {})
     page1 = (await handle.response()).message
     text = page1.embeds[0]["description"]

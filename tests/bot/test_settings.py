@@ -28,13 +28,17 @@ def test_defaults_match_default_toml():
 def test_layers_toml_then_env_file_then_environment(tmp_path):
     """default.toml < EASEL_CONFIG < .env < environment."""
     extra = tmp_path / "mine.toml"
-    extra.write_text('[generation]\nmax_steps = 40\ndefault_steps = 20\n'
-                     '[model]\nid = "from-toml"\ndevice = "cpu"\n')
+    extra.write_text(
+        "[generation]\nmax_steps = 40\ndefault_steps = 20\n"
+        '[model]\nid = "from-toml"\ndevice = "cpu"\n'
+    )
     env_file = tmp_path / ".env"
-    env_file.write_text("DISCORD_TOKEN=secret-token\nEASEL_MODEL=from-dotenv\n"
-                        "EASEL_GENERATION_MAX_STEPS=30\n")
-    settings = load({"EASEL_CONFIG": str(extra), "EASEL_GENERATION_MAX_STEPS": "35"},
-                    env_file=env_file)
+    env_file.write_text(
+        "DISCORD_TOKEN=secret-token\nEASEL_MODEL=from-dotenv\nEASEL_GENERATION_MAX_STEPS=30\n"
+    )
+    settings = load(
+        {"EASEL_CONFIG": str(extra), "EASEL_GENERATION_MAX_STEPS": "35"}, env_file=env_file
+    )
     assert settings.generation.max_steps == 35  # environment beats .env and the TOML file
     assert settings.generation.default_steps == 20  # from the TOML file
     assert settings.model.id == "from-dotenv"  # .env beats the TOML file
@@ -45,15 +49,21 @@ def test_layers_toml_then_env_file_then_environment(tmp_path):
 
 def test_well_known_names():
     """DISCORD_* and EASEL_MODEL / DEVICE / DATA_DIR set their settings."""
-    settings = load({
-        "DISCORD_TOKEN": "t", "DISCORD_GUILD_ID": "1234",
-        "DISCORD_API_BASE": "http://127.0.0.1:9/api/v10",
-        "DISCORD_GATEWAY_URL": "ws://127.0.0.1:9/gateway",
-        "EASEL_MODEL": "/models/tiny", "EASEL_DEVICE": "cpu", "EASEL_DATA_DIR": "/tmp/easel",
-        "EASEL_QUEUE_BATCH_SIZE": "2", "EASEL_MODERATION_BANNED_WORDS": "foo, bar",
-        "EASEL_GENERATION_SAMPLERS": '["Euler", "DDIM"]',
-        "EASEL_GENERATION_DEFAULT_SAMPLER": "Euler",
-    })
+    settings = load(
+        {
+            "DISCORD_TOKEN": "t",
+            "DISCORD_GUILD_ID": "1234",
+            "DISCORD_API_BASE": "http://127.0.0.1:9/api/v10",
+            "DISCORD_GATEWAY_URL": "ws://127.0.0.1:9/gateway",
+            "EASEL_MODEL": "/models/tiny",
+            "EASEL_DEVICE": "cpu",
+            "EASEL_DATA_DIR": "/tmp/easel",
+            "EASEL_QUEUE_BATCH_SIZE": "2",
+            "EASEL_MODERATION_BANNED_WORDS": "foo, bar",
+            "EASEL_GENERATION_SAMPLERS": '["Euler", "DDIM"]',
+            "EASEL_GENERATION_DEFAULT_SAMPLER": "Euler",
+        }
+    )
     assert settings.discord.guild_id == 1234
     assert settings.discord.api_base == "http://127.0.0.1:9/api/v10"
     assert settings.discord.gateway_url == "ws://127.0.0.1:9/gateway"

@@ -38,7 +38,7 @@ async def start_bot(
     *,
     token: str | None = None,
     guild_ready_timeout: float = 0.1,
-    timeout: float = 10.0,  # noqa: ASYNC109
+    timeout: float = 10.0,
 ) -> asyncio.Task[None]:
     """Run ``bot.start(token)`` in a task and return it once the bot is ready (``on_ready`` fired).
 
@@ -61,7 +61,7 @@ async def start_bot(
     return task
 
 
-async def stop_bot(bot: discord.Client, task: asyncio.Task[None], *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+async def stop_bot(bot: discord.Client, task: asyncio.Task[None], *, timeout: float = 10.0) -> None:
     """Close the bot and wait for its ``start()`` task to finish (re-raising what it raised)."""
     await bot.close()
     await asyncio.wait_for(task, timeout)

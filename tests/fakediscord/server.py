@@ -350,7 +350,7 @@ class FakeDiscord(MemberActions):
         self,
         check: Callable[[], T],
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         what: str = "condition",
     ) -> T:
         """Re-evaluate ``check()`` after every change to the fake (and every 20 ms, for conditions
@@ -376,7 +376,7 @@ class FakeDiscord(MemberActions):
         *,
         channel: FakeChannel | None = None,
         viewer: FakeMember | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> FakeMessage:
         """The first (oldest) message, in its current state, that matches ``predicate``."""
         pred = predicate or (lambda m: True)
@@ -390,7 +390,7 @@ class FakeDiscord(MemberActions):
             recent = self.messages(channel, viewer=viewer)[-10:]
             raise TimeoutError(f"{exc}; recent messages: {recent}") from None
 
-    async def wait_for_bot(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def wait_for_bot(self, *, timeout: float = 10.0) -> None:
         """Wait until a bot has identified on the gateway (and been sent its guilds)."""
         await self.wait_until(
             lambda: self.gateway.live_session, timeout=timeout, what="a gateway session"
@@ -400,7 +400,7 @@ class FakeDiscord(MemberActions):
         self,
         *names: str,
         guild: FakeGuild | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
     ) -> None:
         """Wait until commands with these names are synced (globally, or to ``guild``)."""
 

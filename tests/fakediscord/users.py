@@ -43,7 +43,7 @@ class InteractionHandle:
     def __repr__(self) -> str:
         return f"<InteractionHandle id={self.interaction.id} type={self.interaction.type}>"
 
-    async def response(self, timeout: float | None = None) -> CallbackRecord:  # noqa: ASYNC109
+    async def response(self, timeout: float | None = None) -> CallbackRecord:
         """The initial response (callback). Raises :class:`InteractionFailed` if the bot missed the
         deadline (``fd.response_deadline``) or its callback was rejected; TimeoutError after
         ``timeout``.
@@ -113,7 +113,7 @@ class InteractionHandle:
         self,
         predicate: Callable[[FakeMessage], bool] | None = None,
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> FakeMessage:
         """The first message of this interaction (original or followup) that matches, as is."""
         pred = predicate or (lambda m: True)
@@ -177,7 +177,7 @@ class MemberActions:
         *,
         focused: str,
         channel: FakeChannel | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> list[dict[str, Any]]:
         """Type into option ``focused`` of ``/command``; returns the choices the bot offered."""
         channel = channel or member.guild.text_channels[0]
@@ -282,8 +282,11 @@ class MemberActions:
     ) -> Any:
         kind, name = spec["type"], spec["name"]
         if not getattr(self, "_client_checks", True):
-            spec = {k: v for k, v in spec.items()
-                    if k not in ("min_length", "max_length", "min_value", "max_value", "choices")}
+            spec = {
+                k: v
+                for k, v in spec.items()
+                if k not in ("min_length", "max_length", "min_value", "max_value", "choices")
+            }
         if kind == 3:
             if not isinstance(value, str):
                 raise ValueError(f"option {name!r} needs a string, got {value!r}")

@@ -59,8 +59,12 @@ def test_image_of_batch_matches_its_seed_alone(engine):
 
 def test_several_requests_share_one_call(engine):
     """Compatible requests run together and each keeps its own prompt and seeds."""
-    results = engine.run([request(job_id="a", prompt="a cat", seed=1, count=2),
-                          request(job_id="b", prompt="a dog", seed=9)])
+    results = engine.run(
+        [
+            request(job_id="a", prompt="a cat", seed=1, count=2),
+            request(job_id="b", prompt="a dog", seed=9),
+        ]
+    )
     assert [r.job_id for r in results] == ["a", "b"]
     assert [len(r.images) for r in results] == [2, 1]
     assert all(r.batch_size == 2 for r in results)
@@ -95,8 +99,9 @@ def test_img2img_and_upscale_sizes(engine):
     (vary,) = engine.run([request(mode="img2img", init_image=source, strength=0.6, seed=3)])
     assert (vary.images[0].width, vary.images[0].height) == (64, 64)
     assert vary.images[0].png != source
-    (upscaled,) = engine.run([request(mode="upscale", init_image=source, strength=0.3,
-                                      width=128, height=128)])
+    (upscaled,) = engine.run(
+        [request(mode="upscale", init_image=source, strength=0.3, width=128, height=128)]
+    )
     assert Image.open(io.BytesIO(upscaled.images[0].png)).size == (128, 128)
     assert read_png_recipe(upscaled.images[0].png)["mode"] == "upscale"
 
@@ -125,8 +130,7 @@ def test_cancel_mid_run_returns_no_image(engine):
 
 def test_cancel_one_job_of_a_batch_keeps_the_others(engine):
     """A cancelled job in a shared batch is dropped; the other still gets its image."""
-    (a, b) = engine.run([request(job_id="a"), request(job_id="b", seed=5)],
-                        cancelled=lambda: {"a"})
+    (a, b) = engine.run([request(job_id="a"), request(job_id="b", seed=5)], cancelled=lambda: {"a"})
     assert a.cancelled and not a.images
     assert b.ok and len(b.images) == 1
 
@@ -141,12 +145,14 @@ def test_long_prompt_is_reported_as_truncated(engine):
 
 def test_out_of_memory_splits_the_batch(tiny_model_dir):
     """An out-of-memory error splits the batch in halves and still returns every image."""
-    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu",
-                                 extra={"fail_oom_above": 1})).load()
+    engine = Engine(
+        EngineConfig(model=tiny_model_dir, device="cpu", extra={"fail_oom_above": 1})
+    ).load()
     (result,) = engine.run([request(count=4)])
     assert result.ok and len(result.images) == 4
-    (reference,) = Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load().run(
-        [request(count=4)])
+    (reference,) = (
+        Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load().run([request(count=4)])
+    )
     for ours, theirs in zip(result.images, reference.images, strict=True):
         assert np.abs(pixels(ours.png) - pixels(theirs.png)).max() <= 1
 

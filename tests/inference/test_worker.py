@@ -24,8 +24,9 @@ def request(job_id: str, **overrides) -> GenerationRequest:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def worker(tiny_model_dir):
     # A short pause per step leaves time to kill or cancel the process mid-job.
-    async with Worker(EngineConfig(model=tiny_model_dir, device="cpu",
-                                   extra={"step_delay": 0.05})) as running:
+    async with Worker(
+        EngineConfig(model=tiny_model_dir, device="cpu", extra={"step_delay": 0.05})
+    ) as running:
         yield running
 
 
@@ -33,8 +34,10 @@ async def test_runs_a_batch_and_reports_progress(worker):
     """A batch runs in the child; progress arrives per job and step on the event loop."""
     assert worker.native_size == 64 and worker.info["device"] == "cpu"
     progress = []
-    results = await worker.run([request("a"), request("b", seed=2)],
-                               on_progress=lambda job, step, total: progress.append((job, step)))
+    results = await worker.run(
+        [request("a"), request("b", seed=2)],
+        on_progress=lambda job, step, total: progress.append((job, step)),
+    )
     assert [r.ok for r in results] == [True, True]
     assert ("a", 4) in progress and ("b", 4) in progress
     assert worker.stats["peak_rss_mb"] > 0
@@ -86,7 +89,8 @@ async def test_cancel_a_running_job(worker):
     """cancel(job_id) stops the job between steps with no image."""
     steps = []
     task = asyncio.create_task(
-        worker.run([request("c", steps=40)], on_progress=lambda j, s, t: steps.append(s)))
+        worker.run([request("c", steps=40)], on_progress=lambda j, s, t: steps.append(s))
+    )
     while not steps:
         await asyncio.sleep(0.01)
     worker.cancel("c")
