@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 
 import pytest
 import pytest_asyncio
@@ -11,7 +13,7 @@ from PIL import Image
 from inference.engine import EngineConfig, read_png_recipe
 from inference.worker import Worker
 from tests.bot.e2e import button, running_easel
-from tests.fakediscord import FakeDiscord, fail_on_discord_errors
+from tests.fakediscord import DiscordErrorWatcher, FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -210,3 +212,42 @@ async def test_reroll_makes_a_child_with_a_new_seed(world):
     assert child.recipe["seed"] != 77 and child.prompt == "a lighthouse"
     assert f"reroll of #{gen_id} by <@{frank.id}>" in child_msg.content
     assert child_msg.pings.users == {gina.id}
+
+
+async def test_result_is_posted_after_the_interaction_expired(world):
+    """A job that waited past the interaction's lifetime is still posted in the channel."""
+    fd, bot = world
+    fd.token_lifetime = 1.0
+    nora = fd.add_member("nora")
+    await bot.scheduler.stop()
+    _, gen_id = await imagine(fd, nora, prompt="a patient fox")
+    await asyncio.sleep(1.5)
+    await bot.scheduler.start()
+    message = await fd.wait_for_message(result_of(fd, gen_id), timeout=30)
+    assert f"<@{nora.id}>" in message.content and message.attachments
+    for _ in range(100):  # the delivery is recorded right after the post
+        if (await bot.store.get(gen_id)).message_id == message.id:
+            break
+        await asyncio.sleep(0.05)
+    assert (await bot.store.get(gen_id)).message_id == message.id
+
+
+async def test_unexpected_error_gets_an_apology_with_an_error_id(world, monkeypatch):
+    """A bug becomes a short apology with an error id; the traceback goes to the log."""
+    fd, bot = world
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(bot.scheduler, "submit", broken)
+    # The fixture's watcher fails the test on ERROR records; this one is expected.
+    (watcher,) = [
+        h for h in logging.getLogger("bot").handlers if isinstance(h, DiscordErrorWatcher)
+    ]
+    handle = await fd.invoke(fd.add_member("olga"), "imagine", {"prompt": "a fox"})
+    message = (await handle.response()).message
+    await fd.wait_until(lambda: watcher.records, timeout=5)
+    assert [r.exc_info[1].args for r in watcher.records] == [("boom",)]
+    watcher.clear()
+    assert message.ephemeral and "Sorry, something went wrong" in message.content
+    assert "error id `" in message.content

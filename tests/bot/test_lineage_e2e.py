@@ -192,3 +192,25 @@ async def test_remix_of_unknown_generation_is_refused(fd, bot):
     lee = fd.add_member("lee")
     handle = await fd.invoke(lee, "remix", {"generation": 999999, "prompt": "x"})
     assert "There is no image #999999" in (await handle.response()).message.content
+
+
+async def test_remix_of_withheld_image_is_refused(fd, bot):
+    """An image the safety checker flagged cannot be remixed, varied or upscaled."""
+    from inference.request import GeneratedImage, GenerationResult
+
+    mia = fd.add_member("mia")
+    request = bot.jobs.base_request(prompt="something flagged", seed=3)
+    gen = await bot.store.create_generation(
+        request, user_id=mia.id, guild_id=fd.guild.id, channel_id=fd.channel.id
+    )
+    png = (await bot.worker.run([gen.request]))[0].images[0].png
+    await bot.store.save_result(
+        gen.id,
+        GenerationResult(
+            job_id=str(gen.id),
+            images=[GeneratedImage(png=png, seed=3, index=0, nsfw=True, width=64, height=64)],
+        ),
+    )
+    handle = await fd.invoke(mia, "remix", {"generation": gen.id, "prompt": "again"})
+    message = (await handle.response()).message
+    assert message.ephemeral and "withheld for moderator review" in message.content
