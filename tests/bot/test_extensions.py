@@ -32,7 +32,5 @@ async def test_all_extensions_load_without_collisions():
         await bot.load_extension(name)
     names = [command.name for command in bot.tree.get_commands()]
     assert len(names) == len(set(names))
-    assert {"imagine", "remix", "info", "history", "queue", "cancel", "delete", "mod"} <= set(
-        names
-    )
+    assert {"imagine", "remix", "info", "history", "queue", "cancel", "delete", "mod"} <= set(names)
     await bot.close()
