@@ -39,6 +39,19 @@ def setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+def build_scheduler(settings: Settings, store: Store, worker: Worker) -> Scheduler:
+    q = settings.queue
+    return Scheduler(
+        store,
+        worker,
+        max_batch=q.batch_size,
+        max_waiting_per_user=q.max_waiting_per_user,
+        daily_quota=q.daily_quota,
+        # Cost is pixels × steps × images; the setting is in megapixel-steps per second.
+        initial_cost_per_second=q.initial_mpix_steps_per_second * 1e6,
+    )
+
+
 async def run(settings: Settings) -> None:
     point_discord_py_at(settings.discord.api_base, settings.discord.gateway_url)
     from .client import EaselBot
@@ -48,15 +61,7 @@ async def run(settings: Settings) -> None:
         worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
         await worker.start()
         try:
-            q = settings.queue
-            scheduler = Scheduler(
-                store,
-                worker,
-                max_batch=q.batch_size,
-                max_waiting_per_user=q.max_waiting_per_user,
-                daily_quota=q.daily_quota,
-                initial_cost_per_second=q.initial_mpix_steps_per_second * 1e6,
-            )
+            scheduler = build_scheduler(settings, store, worker)
             async with EaselBot(settings, store, worker, scheduler) as bot:
                 loop = asyncio.get_running_loop()
                 with contextlib.suppress(NotImplementedError):

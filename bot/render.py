@@ -13,6 +13,15 @@ from inference.request import GenerationRequest
 from .store import Generation, ImageRow
 
 EMBED_COLOUR = discord.Colour(0x6C5CE7)
+# How a generation's status reads in lists (history, the moderators' log).
+STATUS_MARKS = {
+    "queued": "⏳ queued",
+    "running": "⚙️ running",
+    "done": "✅ done",
+    "failed": "❌ failed",
+    "cancelled": "✖️ cancelled",
+    "blocked": "⛔ refused",
+}
 KIND_VERBS = {
     "imagine": "",
     "reroll": "reroll",

@@ -57,6 +57,22 @@ REFUSAL_REASONS: tuple[str, ...] = (
 REVIEW_DECISIONS: tuple[str, ...] = ("released", "removed")
 SAFETY_MODES: tuple[str, ...] = ("withhold", "spoiler")
 
+# The recipe's fields, as exported (one column each).
+RECIPE_COLUMNS: tuple[str, ...] = (
+    "prompt",
+    "negative",
+    "seed",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "count",
+    "sampler",
+    "mode",
+    "strength",
+    "model",
+)
+
 # Columns of `export_rows` / `iter_export`, in CSV order.
 EXPORT_COLUMNS: tuple[str, ...] = (
     "generation_id",
@@ -73,18 +89,7 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "refusal_reason",
     "refusal_message",
     "error",
-    "prompt",
-    "negative",
-    "seed",
-    "steps",
-    "guidance",
-    "width",
-    "height",
-    "count",
-    "sampler",
-    "mode",
-    "strength",
-    "model",
+    *RECIPE_COLUMNS,
     "image_seed",
     "image_flagged",
     "image_review",
@@ -1639,20 +1644,7 @@ class Store:
             "deleted_at": _iso(gen.deleted_at),
             "deleted_by": gen.deleted_by,
         }
-        for key in (
-            "prompt",
-            "negative",
-            "seed",
-            "steps",
-            "guidance",
-            "width",
-            "height",
-            "count",
-            "sampler",
-            "mode",
-            "strength",
-            "model",
-        ):
+        for key in RECIPE_COLUMNS:
             row[key] = recipe.get(key)
         return {column: row.get(column) for column in EXPORT_COLUMNS}
 

@@ -17,14 +17,6 @@ if TYPE_CHECKING:
     from bot.client import EaselBot
 
 PAGE_SIZE = 10
-STATUS_MARKS = {
-    "done": "",
-    "queued": " ⏳",
-    "running": " ⚙️",
-    "failed": " ❌",
-    "cancelled": " ✖️",
-    "blocked": " ⛔",
-}
 
 
 class HistoryPageButton(
@@ -213,7 +205,8 @@ class Lineage(commands.Cog):
             link = render.jump_url(gen.guild_id, gen.message_channel_id, gen.message_id)
             prompt = render.clip(render.quote(gen.prompt), 70)
             stamp = discord.utils.format_dt(gen.created_at, "R")
-            entry = f"**#{gen.id}** `{prompt}`{STATUS_MARKS.get(gen.status, '')} · {stamp}"
+            status = "" if gen.status == "done" else " " + render.STATUS_MARKS[gen.status]
+            entry = f"**#{gen.id}** `{prompt}`{status} · {stamp}"
             if link and not gen.deleted:
                 entry += f" · [open]({link})"
             lines.append(entry)

@@ -24,14 +24,6 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 10
 MOD_COLOUR = discord.Colour(0xE17055)
 
-STATUS_MARKS = {
-    "queued": "⏳ queued",
-    "running": "⚙️ running",
-    "done": "✅ done",
-    "failed": "❌ failed",
-    "cancelled": "✖️ cancelled",
-    "blocked": "⛔ refused",
-}
 REFUSAL_REASONS = {
     "bad_input": "bad input",
     "banned_word": "banned word",
@@ -71,7 +63,7 @@ def plural(n: int, noun: str) -> str:
 
 def outcome(gen: Generation) -> str:
     """The outcome of one request in a few words."""
-    text = STATUS_MARKS.get(gen.status, gen.status)
+    text = render.STATUS_MARKS.get(gen.status, gen.status)
     if gen.status == "blocked":
         text += ": " + REFUSAL_REASONS.get(gen.refusal_reason or "", gen.refusal_reason or "?")
         if gen.refusal_reason == "bad_input" and gen.refusal_message:

@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bot.__main__ import build_scheduler
 from bot.client import EaselBot
-from bot.scheduler import Scheduler
 from bot.settings import load_settings
 from bot.store import Store
 from inference.worker import Worker
@@ -36,15 +36,8 @@ async def running_easel(
 ) -> AsyncIterator[EaselBot]:
     """The bot as `python -m bot` builds it, but sharing an already started worker."""
     settings = easel_settings(fd, data_dir, model, **env)
-    q = settings.queue
     async with Store.open(settings.database_path, images_dir=settings.images_dir) as store:
-        scheduler = Scheduler(
-            store,
-            worker,
-            max_batch=q.batch_size,
-            max_waiting_per_user=q.max_waiting_per_user,
-            daily_quota=q.daily_quota,
-        )
+        scheduler = build_scheduler(settings, store, worker)
         bot = EaselBot(settings, store, worker, scheduler)
         async with running_bot(bot, fd):
             yield bot

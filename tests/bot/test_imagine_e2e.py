@@ -10,18 +10,11 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from inference.engine import EngineConfig, read_png_recipe
-from inference.worker import Worker
+from inference.engine import read_png_recipe
 from tests.bot.e2e import button, running_easel
 from tests.fakediscord import DiscordErrorWatcher, FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def worker(tiny_model_dir):
-    async with Worker(EngineConfig(model=tiny_model_dir, device="cpu")) as running:
-        yield running
 
 
 @pytest_asyncio.fixture(loop_scope="module")
