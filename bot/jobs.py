@@ -278,11 +278,15 @@ class JobService:
                 "\n⚠️ Content warning: the safety checker flagged "
                 f"{_count(len(spoilered), 'image')}; it is behind a spoiler."
             )
-        if withheld:
+        removed = [image for image in withheld if image.review == "removed"]
+        pending = len(withheld) - len(removed)
+        if pending:
             content += (
-                f"\n🛡️ {_count(len(withheld), 'image')} withheld for moderator review "
+                f"\n🛡️ {_count(pending, 'image')} withheld for moderator review "
                 "(the safety checker flagged it)."
             )
+        if removed:
+            content += f"\n🛡️ {_count(len(removed), 'image')} removed by a moderator."
         pngs = []
         for image in [*shown, *spoilered]:
             png = await asyncio.to_thread(image.path.read_bytes)

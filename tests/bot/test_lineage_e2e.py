@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
@@ -207,3 +208,62 @@ async def test_remix_of_withheld_image_is_refused(fd, bot):
     handle = await fd.invoke(mia, "remix", {"generation": gen.id, "prompt": "again"})
     message = (await handle.response()).message
     assert message.ephemeral and "withheld for moderator review" in message.content
+
+
+async def test_undelivered_result_is_posted_once_after_restart(
+    fd, worker, tiny_model_dir, tmp_path, monkeypatch
+):
+    """A result Discord refused is posted by the next start, and never twice."""
+    import discord
+
+    from bot.jobs import JobService
+
+    nina = fd.add_member("nina")
+    real_post = JobService.post_result
+
+    async def discord_hiccup(self, gen, result):
+        raise discord.HTTPException(_Response(503), "Service Unavailable")
+
+    monkeypatch.setattr(JobService, "post_result", discord_hiccup)
+    # The bot logs the failed post at ERROR; this test expects exactly that.
+    watcher = _watcher()
+    async with running_easel(fd, worker, tmp_path, tiny_model_dir) as first:
+        gen_id = await queued_id(await fd.invoke(nina, "imagine", {"prompt": "a lost letter"}))
+        for _ in range(200):
+            gen = await first.store.get(gen_id)
+            if gen.status == "done":
+                break
+            await asyncio.sleep(0.05)
+        await fd.wait_until(lambda: watcher.records, timeout=5)
+        watcher.clear()
+        assert not (await first.store.get(gen_id)).delivered
+    monkeypatch.setattr(JobService, "post_result", real_post)
+    async with running_easel(fd, worker, tmp_path, tiny_model_dir) as second:
+        message = await result(fd, gen_id)
+        assert f"<@{nina.id}>" in message.content
+        await fd.wait_until(lambda: True)
+        for _ in range(100):
+            if (await second.store.get(gen_id)).delivered:
+                break
+            await asyncio.sleep(0.05)
+    async with running_easel(fd, worker, tmp_path, tiny_model_dir):
+        await asyncio.sleep(0.5)
+    posted = [m for m in fd.messages() if any(e.get("title") == f"#{gen_id}" for e in m.embeds)]
+    assert len(posted) == 1
+
+
+class _Response:
+    """Just enough of an aiohttp response for discord.HTTPException."""
+
+    def __init__(self, status: int):
+        self.status = status
+        self.reason = "Service Unavailable"
+
+
+def _watcher():
+    import logging
+
+    from tests.fakediscord import DiscordErrorWatcher
+
+    (found,) = [h for h in logging.getLogger("bot").handlers if isinstance(h, DiscordErrorWatcher)]
+    return found
