@@ -293,8 +293,7 @@ class JobService:
             name = f"easel_{gen.id}_{image.index + 1}.png"
             pngs.append((name, png, image in spoilered))
         limit = self._upload_limit(gen.guild_id)
-        files = render.fit_files([(n, p) for n, p, s in pngs if not s], limit)
-        files += render.fit_files([(n, p) for n, p, s in pngs if s], limit, spoiler=True)
+        files = await asyncio.to_thread(render.fit_files, pngs, limit)
         embed = render.recipe_embed(gen, parent, model=self.settings.model.id, images=gen.images)
         if files:
             embed.set_image(url=f"attachment://{files[0].filename}")

@@ -118,19 +118,21 @@ def status_text(request: GenerationRequest, generation_id: int, state: str) -> s
     return f"**#{generation_id}** `{clip(quote(request.prompt), 80)}` — {state}"
 
 
-def fit_files(
-    pngs: Sequence[tuple[str, bytes]], limit: int, *, spoiler: bool = False
-) -> list[discord.File]:
-    """Attachments that fit Discord's upload limit: downscaled PNGs (recipe kept) if needed."""
+def fit_files(pngs: Sequence[tuple[str, bytes, bool]], limit: int) -> list[discord.File]:
+    """(name, PNG, spoiler) as attachments that fit Discord's upload limit together.
+
+    Over the limit, every image is downscaled step by step; the recipe chunks are kept.
+    Slow for big images: call it in a thread.
+    """
     budget = int(limit * 0.95)  # room for the multipart envelope
-    blobs = [data for _, data in pngs]
+    blobs = [data for _, data, _ in pngs]
     scale = 1.0
     while sum(len(b) for b in blobs) > budget and scale > 0.1:
         scale *= 0.75
-        blobs = [_downscale(data, scale) for _, data in pngs]
+        blobs = [_downscale(data, scale) for _, data, _ in pngs]
     return [
         discord.File(io.BytesIO(data), filename=name, spoiler=spoiler)
-        for (name, _), data in zip(pngs, blobs, strict=True)
+        for (name, _, spoiler), data in zip(pngs, blobs, strict=True)
     ]
 
 

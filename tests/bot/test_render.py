@@ -16,17 +16,18 @@ def noisy_png(size: int, seed: int) -> bytes:
 
 def test_files_within_the_limit_are_untouched():
     """Small images go out as they are."""
-    pngs = [("a.png", noisy_png(64, 1)), ("b.png", noisy_png(64, 2))]
+    pngs = [("a.png", noisy_png(64, 1), False), ("b.png", noisy_png(64, 2), True)]
     files = fit_files(pngs, 10 * 1024 * 1024)
-    assert [f.fp.read() for f in files] == [p for _, p in pngs]
+    assert [f.fp.read() for f in files] == [p for _, p, _ in pngs]
+    assert [f.filename for f in files] == ["a.png", "SPOILER_b.png"]
 
 
 def test_files_over_the_limit_are_downscaled_keeping_the_recipe():
     """Four big noisy PNGs over the limit are shrunk until they fit, recipe kept."""
-    pngs = [(f"{i}.png", noisy_png(512, i)) for i in range(4)]
-    total = sum(len(p) for _, p in pngs)
+    pngs = [(f"{i}.png", noisy_png(512, i), True) for i in range(4)]
+    total = sum(len(p) for _, p, _ in pngs)
     limit = total // 3
-    files = fit_files(pngs, limit, spoiler=True)
+    files = fit_files(pngs, limit)
     blobs = [f.fp.read() for f in files]
     assert sum(len(b) for b in blobs) <= limit
     assert all(f.filename.startswith("SPOILER_") for f in files)
