@@ -295,7 +295,7 @@ async def test_spoiler_mode_and_remove(world):
     await w.fd.wait_until(lambda: first.deleted)
     second = await result_message(w, gen_id)
     (left,) = second.attachments
-    assert left.spoiler and "withheld" in second.content
+    assert left.spoiler and "removed by a moderator" in second.content
     assert f"Removed #{gen_id} image 1" in card.content and f"#{gen_id} · image 2 of 2" in text_of(
         card
     )
