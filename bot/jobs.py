@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ class _Status:
     interaction: discord.Interaction
     request: GenerationRequest
     last_edit: float = 0.0
+    preview: bytes | None = None  # newest preview not yet shown
 
 
 class JobService:
@@ -178,6 +180,11 @@ class JobService:
                 gen.id, render.status_text(status.request, gen.id, "starting…"), keep_view=True
             )
 
+    async def on_preview(self, gen_id: int, png: bytes) -> None:
+        status = self._status.get(gen_id)
+        if status is not None:
+            status.preview = png
+
     async def on_progress(self, gen_id: int, step: int, total: int) -> None:
         status = self._status.get(gen_id)
         if status is None:
@@ -233,9 +240,14 @@ class JobService:
         if status.interaction.is_expired():
             return
         view = cancel_view(gen_id) if keep_view and gen_id is not None else None
+        extra: dict[str, Any] = {}
+        if status.preview is not None and keep_view:
+            # A new preview replaces the previous one; edits without one keep it.
+            extra["attachments"] = [discord.File(io.BytesIO(status.preview), "preview.png")]
+            status.preview = None
         try:
             await status.interaction.edit_original_response(
-                content=text, view=view, allowed_mentions=NO_PINGS
+                content=text, view=view, allowed_mentions=NO_PINGS, **extra
             )
         except discord.HTTPException as error:
             log.debug("Status edit failed: %s", error)

@@ -344,6 +344,9 @@ class SchedulerListener:
     def on_progress(self, gen_id: int, step: int, total: int) -> Awaitable[None] | None:
         """Denoising progress of a running job (coalesced: only the latest step is sent)."""
 
+    def on_preview(self, gen_id: int, png: bytes) -> Awaitable[None] | None:
+        """A rough preview of a running job's first image (comes just before an on_progress)."""
+
     def on_finished(self, gen: Generation, result: GenerationResult) -> Awaitable[None] | None:
         """A job ended: `gen.status` is done, failed or cancelled; images are on disk and in
         `result`. Post the result (or the failure notice), then call
@@ -417,6 +420,7 @@ class Scheduler:
         self._submit_lock = asyncio.Lock()
         self._events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
         self._progress: dict[int, tuple[int, int]] = {}
+        self._previews: dict[int, bytes] = {}  # the latest preview image of a running job
         self._dispatcher: asyncio.Task[None] | None = None
         self._notifier: asyncio.Task[None] | None = None
         self._busy = False
@@ -446,6 +450,9 @@ class Scheduler:
                     latest = self._progress.pop(args[0], None)
                     if latest is None:
                         continue
+                    preview = self._previews.pop(args[0], None)
+                    if preview is not None:
+                        await self._deliver("on_preview", (args[0], preview))
                     args = (args[0], *latest)
                 await self._deliver(hook, args)
             finally:
@@ -883,11 +890,15 @@ class Scheduler:
             return []
         return results
 
-    def _on_progress(self, job_id: str, step: int, total: int) -> None:
+    def _on_progress(
+        self, job_id: str, step: int, total: int, preview: bytes | None = None
+    ) -> None:
         try:
             gen_id = int(job_id)
         except (TypeError, ValueError):
             return
+        if preview is not None:
+            self._previews[gen_id] = preview
         running = self._running
         if running is not None and total:
             running.progress = max(running.progress, min(1.0, step / total))

@@ -60,6 +60,7 @@ class DiscordSettings:
     guild_id: int = field(default=0, metadata=_range(0))
     log_channel_id: int = field(default=0, metadata=_range(0))
     progress_interval: float = field(default=1.0, metadata=_range(0.2, 60))
+    progress_preview: bool = True
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,9 @@ class Settings:
             compile=m.compile,
             safety_checker=m.safety_checker,
             upscaler=m.upscaler,
+            preview_interval=(
+                self.discord.progress_interval if self.discord.progress_preview else 0.0
+            ),
         )
 
     @property

@@ -26,7 +26,8 @@ from .request import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
-JobProgress = Callable[[str, int, int], None]
+# on_progress(job_id, step, total) — and, when a preview image is ready, preview=PNG bytes.
+JobProgress = Callable[..., None]
 
 CRASHED_TWICE = (
     "The image worker crashed twice while making this image, so it was skipped; "
@@ -106,13 +107,23 @@ def _child_main(config: EngineConfig, inbox, outbox) -> None:
     while (message := jobs.get()) is not None:
         _, batch_id, batch = message
 
-        def progress(step: int, total: int, batch_id: int = batch_id) -> None:
+        previews: dict[int, bytes] = {}
+
+        def progress(
+            step: int, total: int, batch_id: int = batch_id, previews: dict = previews
+        ) -> None:
             if step_delay:
                 time.sleep(step_delay)  # test hook: leaves time to cancel or kill mid-run
-            outbox.send(("progress", batch_id, step, total))
+            outbox.send(("progress", batch_id, step, total, dict(previews)))
+            previews.clear()
 
         try:
-            results = engine.run(batch, on_progress=progress, cancelled=lambda: cancelled)
+            results = engine.run(
+                batch,
+                on_progress=progress,
+                cancelled=lambda: cancelled,
+                on_preview=previews.__setitem__,
+            )
         except Exception as error:  # a bug or a bad request must not kill the worker
             log.exception("Batch %s failed", batch_id)
             outbox.send(("failed", batch_id, f"{type(error).__name__}: {error}"))
@@ -236,12 +247,15 @@ class Worker:
             if not ready.done():
                 ready.set_exception(ModelLoadError(message[1]))
         elif kind == "progress":
-            _, batch_id, step, total = message
+            _, batch_id, step, total, previews = message
             entry = self._pending.get(batch_id)
             if entry and entry[2] is not None:
-                for job_id in entry[1]:
+                for index, job_id in enumerate(entry[1]):
                     try:
-                        entry[2](job_id, step, total)
+                        if index in previews:
+                            entry[2](job_id, step, total, preview=previews[index])
+                        else:
+                            entry[2](job_id, step, total)
                     except Exception:
                         log.exception("Progress callback failed")
         elif kind in ("result", "failed"):

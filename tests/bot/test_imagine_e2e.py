@@ -94,6 +94,8 @@ async def test_imagine_posts_result_with_images_embed_and_buttons(world):
     await fd.wait_until(lambda: status.deleted, timeout=10)
     contents = [h.get("content") or "" for h in status.history]
     assert any("step" in c for c in contents)
+    # ...with a rough preview of the image attached along the way.
+    assert any(h.get("attachments") for h in status.history)
 
 
 async def test_bad_options_are_refused_and_logged(world):

@@ -56,7 +56,7 @@ async def test_python_m_bot_serves_imagine(tiny_model_dir, tmp_path):
                 first = await handle.response(timeout=5)
                 assert first.elapsed < 3
                 result = await fd.wait_for_message(
-                    lambda m: bool(m.attachments) and not m.ephemeral, timeout=60
+                    lambda m: bool(m.attachments and m.embeds) and not m.ephemeral, timeout=60
                 )
                 png = await fd.fetch_attachment(result.attachments[0])
                 assert Image.open(io.BytesIO(png)).size == (64, 64)

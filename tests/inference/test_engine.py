@@ -201,3 +201,23 @@ def test_hub_id_offline_is_one_clear_line():
     """A hub id that is not cached, with no network, says what to do."""
     with pytest.raises(ModelLoadError, match="cannot be reached"):
         Engine(EngineConfig(model="someone/not-a-cached-model", device="cpu")).load()
+
+
+def test_progress_previews_are_small_pngs(tiny_model_dir):
+    """With a preview interval, each request's first image is previewed while it denoises."""
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu", preview_interval=1e-6)).load()
+    previews = []
+    engine.run(
+        [request(job_id="a", count=2), request(job_id="b", seed=7)],
+        on_preview=lambda index, png: previews.append((index, png)),
+    )
+    assert {index for index, _ in previews} == {0, 1}
+    assert len(previews) == 2 * 4  # two requests, four steps
+    image = Image.open(io.BytesIO(previews[-1][1]))
+    assert image.format == "PNG" and max(image.size) == 256
+    # Without an interval there are none.
+    quiet = []
+    Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load().run(
+        [request()], on_preview=lambda index, png: quiet.append(index)
+    )
+    assert quiet == []
