@@ -246,3 +246,25 @@ async def test_unexpected_error_gets_an_apology_with_an_error_id(world, monkeypa
     watcher.clear()
     assert message.ephemeral and "Sorry, something went wrong" in message.content
     assert "error id `" in message.content
+
+
+async def test_queue_lists_my_jobs_and_the_cap_refuses_more(world):
+    """/queue shows my waiting jobs with positions; one over the per-member cap is refused."""
+    fd, bot = world
+    pia = fd.add_member("pia")
+    cap = bot.settings.queue.max_waiting_per_user
+    await bot.scheduler.stop()
+    ids = [(await imagine(fd, pia, prompt=f"a tile {i}"))[1] for i in range(cap)]
+    over = await fd.invoke(pia, "imagine", {"prompt": "one too many"})
+    refusal = (await over.response()).message
+    assert refusal.ephemeral and f"You already have {cap} images waiting" in refusal.content
+    listing = (await (await fd.invoke(pia, "queue", {})).response()).message
+    assert listing.ephemeral and f"{cap} waiting" in listing.content
+    for position, gen_id in enumerate(ids, start=1):
+        assert f"**#{gen_id}**" in listing.content
+        assert f"position {position}" in listing.content
+    cancelled = (await (await fd.invoke(pia, "cancel", {})).response()).message
+    assert all(f"#{gen_id}" in cancelled.content for gen_id in ids)
+    await bot.scheduler.start()
+    refused = [g for g in await bot.store.moderation_log(user_id=pia.id) if g.status == "blocked"]
+    assert [g.refusal_reason for g in refused] == ["over_cap"]
