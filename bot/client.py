@@ -37,6 +37,10 @@ class EaselBot(commands.Bot):
             command_prefix=commands.when_mentioned,
             intents=intents,
             tree_cls=EaselTree,
+            # A server's queue, log and moderators: Easel's commands live in servers, not DMs.
+            allowed_contexts=discord.app_commands.AppCommandContext(
+                guild=True, dm_channel=False, private_channel=False
+            ),
             allowed_mentions=NO_PINGS,
             help_command=None,
         )

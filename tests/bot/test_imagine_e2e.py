@@ -38,6 +38,7 @@ async def test_startup_syncs_commands_with_options(world):
     names = {c["name"] for c in fd.commands(fd.guild)}
     assert {"imagine", "queue", "cancel"} <= names
     imagine = fd.command("imagine", fd.guild)
+    assert imagine.get("contexts") == [0]  # servers only, not DMs
     options = {o["name"]: o for o in imagine["options"]}
     assert list(options) == [
         "prompt",
