@@ -38,12 +38,14 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 
 @dataclasses.dataclass
 class _Status:
-    """The author's private status message of one job."""
+    """The public status line of one job (the interaction's original response)."""
 
     interaction: discord.Interaction
     request: GenerationRequest
     last_edit: float = 0.0
     preview: bytes | None = None  # newest preview not yet shown
+    sent: bool = False  # the status line exists
+    delivered: bool = False  # the result is out: the status line should go
 
 
 class JobService:
@@ -122,11 +124,14 @@ class JobService:
             )
             raise UserError(refused.message) from None
         queued = dataclasses.replace(request, seed=gen.recipe.get("seed"))
-        self._status[gen.id] = _Status(interaction, queued)
+        status = self._status[gen.id] = _Status(interaction, queued)
         # The status is public, like the queue itself; it goes away when the result is posted.
         await interaction.response.send_message(
             self._queued_text(gen.id, queued), view=cancel_view(gen.id), allowed_mentions=NO_PINGS
         )
+        status.sent = True
+        if status.delivered:  # a fast job finished before its status line was even sent
+            await self._delete_status(status)
         line = f"queued #{gen.id} ({kind}): {render.quote(request.prompt)[:300]}"
         if parent is not None:
             line += f" — from #{parent.id}"
@@ -220,7 +225,9 @@ class JobService:
         )
         if status and message is not None:
             # The result message mentions the author; the status line has done its job.
-            await self._delete_status(status)
+            status.delivered = True
+            if status.sent:
+                await self._delete_status(status)
 
     async def _delete_status(self, status: _Status) -> None:
         try:
