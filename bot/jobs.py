@@ -223,6 +223,7 @@ class JobService:
         await self.bot.store.mark_delivered(
             gen.id, channel_id=gen.channel_id, message_id=message.id if message else None
         )
+        await self._log_outcome(gen, message)
         if status and message is not None:
             # The result message mentions the author; the status line has done its job.
             status.delivered = True
@@ -235,6 +236,21 @@ class JobService:
                 await status.interaction.delete_original_response()
         except discord.HTTPException as error:
             log.debug("Could not delete a status message: %s", error)
+
+    async def _log_outcome(self, gen: Generation, message: discord.Message | None) -> None:
+        """Flags and failures get a line in the moderators' log channel, with the link."""
+        link = f" {message.jump_url}" if message is not None else ""
+        if gen.status == "failed":
+            text = f"❌ #{gen.id} by <@{gen.user_id}> failed: {gen.error}"
+        elif gen.flagged:
+            flagged = sum(1 for image in gen.images if image.flagged)
+            text = (
+                f"🛡️ #{gen.id} by <@{gen.user_id}>: {_count(flagged, 'image')} flagged by the "
+                "safety checker; see /mod review"
+            )
+        else:
+            return
+        await self.bot.audit_line(None, text + link, guild_id=gen.guild_id)
 
     async def _edit_status(self, gen_id: int, text: str, *, keep_view: bool = False) -> None:
         status = self._status.get(gen_id)

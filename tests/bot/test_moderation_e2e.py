@@ -252,6 +252,9 @@ async def test_flagged_image_is_withheld_reviewed_and_released(world):
     gen_id, _ = await imagine(w, "a lighthouse at night", seed=5)
     notice = await result_message(w, gen_id)
     assert "withheld for moderator review" in notice.content and not notice.attachments
+    # The moderators' log channel hears of the flag, with a link to the notice.
+    await w.fd.wait_until(lambda: f"🛡️ #{gen_id}" in log_lines(w))
+    assert f"/{notice.id}" in log_lines(w) and "flagged by the safety checker" in log_lines(w)
 
     card = await mod(w, "mod review")
     assert card.visible_to == w.mod.id
