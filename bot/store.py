@@ -34,6 +34,8 @@ import aiosqlite
 
 from inference.request import GenerationRequest, GenerationResult
 
+from .wordfilter import normalise
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["imagine", "reroll", "remix", "vary", "upscale"]
@@ -673,8 +675,8 @@ class Store:
                 INSERT INTO generations (
                     user_id, user_name, guild_id, channel_id, kind, parent_id,
                     parent_image_index, prompt, negative, recipe, status, refusal_reason,
-                    refusal_message, review, created_at, queued_at
-                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    refusal_message, review, created_at, queued_at, search_text
+                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                     (
                         int(user_id),
@@ -693,6 +695,7 @@ class Store:
                         review,
                         now,
                         now if status == "queued" else None,
+                        normalise(f"{request.prompt or ''}\n{request.negative or ''}"),
                     ),
                 ) as cursor,
             ):
@@ -1044,9 +1047,16 @@ class Store:
             clauses.append("user_id = ?")
             params.append(int(user_id))
         if contains:
-            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", contains) + "%"
-            clauses.append("(prompt LIKE ? ESCAPE '\\' OR negative LIKE ? ESCAPE '\\')")
-            params += [pattern, pattern]
+            # Disguised spellings match too: both sides are folded as the word filter folds.
+            folded = normalise(contains)
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", folded) + "%"
+            plain = "%" + re.sub(r"([\\%_])", r"\\\1", contains) + "%"
+            clauses.append(
+                "(search_text LIKE ? ESCAPE '\\'"
+                " OR (search_text IS NULL"
+                " AND (prompt LIKE ? ESCAPE '\\' OR negative LIKE ? ESCAPE '\\')))"
+            )
+            params += [pattern, plain, plain]
         if status is not None:
             if status not in STATUSES:
                 raise StoreError(f"Unknown status {status!r}; use one of: {', '.join(STATUSES)}.")

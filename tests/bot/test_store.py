@@ -404,6 +404,18 @@ async def test_moderation_log_filters(store, clock):
         await store.moderation_log(status="lost")
 
 
+async def test_log_search_finds_disguised_spellings(store):
+    """Searching the log folds text as the word filter does: full-width letters, zero-width
+    characters and accents in a prompt still match a plain search, and the other way round."""
+    disguised = await store.log_refusal(
+        req(prompt="a ｋｒａ\u200bｋéｎ attack"), reason="banned_word", message="x", user_id=3
+    )
+    plain = await store.create_generation(req(prompt="Kraken"), user_id=4)
+    ids = [g.id for g in await store.moderation_log(contains="kraken")]
+    assert ids == [plain.id, disguised.id]
+    assert [g.id for g in await store.moderation_log(contains="ＫＲＡＫＥＮ")] == ids
+
+
 async def test_review_queue_and_decisions(store, clock):
     """Flagged images and banned-word prompts wait for a moderator, oldest first."""
     flagged = await finished(store, 1, count=3, nsfw={0, 2}, guild_id=5)
