@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import io
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,7 @@ class JobService:
         )
         try:
             request = validate(request, self.settings.limits)
+            refuse_mentions(request)
         except RequestError as error:
             await self.bot.store.log_refusal(
                 request, reason="bad_input", message=str(error), **where
@@ -264,7 +266,9 @@ class JobService:
             return
         view = cancel_view(gen_id) if keep_view and gen_id is not None else None
         extra: dict[str, Any] = {}
-        if status.preview is not None and keep_view:
+        if not keep_view:
+            extra["attachments"] = []  # a final state (cancelled, failed) keeps no preview
+        elif status.preview is not None:
             # A new preview replaces the previous one; edits without one keep it.
             extra["attachments"] = [discord.File(io.BytesIO(status.preview), "preview.png")]
             status.preview = None
@@ -330,7 +334,8 @@ class JobService:
         limit = self._upload_limit(gen.guild_id)
         files = await asyncio.to_thread(render.fit_files, pngs, limit)
         embed = render.recipe_embed(gen, parent, model=self.settings.model.id, images=gen.images)
-        if files:
+        if shown:
+            # Embed images are never blurred: only a public image may be the embed's picture.
             embed.set_image(url=f"attachment://{files[0].filename}")
         request = gen.request
         view = result_view(
@@ -349,10 +354,19 @@ class JobService:
 
     # --- actions on a result ---------------------------------------------------------------
 
-    async def source(self, gen_id: int, index: int | None = None) -> Generation:
-        """A generation others may build on, or a UserError saying why not."""
+    async def here(self, interaction: discord.Interaction, gen_id: int) -> Generation:
+        """Generation #N of this server: ids from other servers are as good as unknown."""
         gen = await self.bot.store.get(gen_id)
-        if gen is None or gen.status == "blocked":
+        if gen is None or gen.guild_id != interaction.guild_id:
+            raise UserError(f"There is no image #{gen_id}.")
+        return gen
+
+    async def source(
+        self, interaction: discord.Interaction, gen_id: int, index: int | None = None
+    ) -> Generation:
+        """A generation others may build on, or a UserError saying why not."""
+        gen = await self.here(interaction, gen_id)
+        if gen.status == "blocked":
             raise UserError(f"There is no image #{gen_id}.")
         if gen.deleted:
             raise UserError(f"#{gen_id} was deleted, so it cannot be remixed.")
@@ -373,18 +387,18 @@ class JobService:
 
     async def reroll(self, interaction: discord.Interaction, gen_id: int) -> None:
         """🎲 Same recipe, a new seed; the job is the presser's."""
-        parent = await self.source(gen_id)
+        parent = await self.source(interaction, gen_id)
         request = dataclasses.replace(parent.request, seed=None, job_id="", init_image=None)
         if request.mode != "txt2img":
             request = dataclasses.replace(
                 request,
-                init_image=await self._source_png(parent.parent_id, parent.parent_image_index),
+                init_image=await self._grandparent_png(interaction, parent),
             )
         await self.submit(interaction, request, kind="reroll", parent=parent)
 
     async def vary(self, interaction: discord.Interaction, gen_id: int, index: int) -> None:
         """🔀 Image-to-image from one image, a new seed."""
-        parent = await self.source(gen_id, index)
+        parent = await self.source(interaction, gen_id, index)
         image = parent.image(index)
         request = dataclasses.replace(
             parent.request,
@@ -401,7 +415,7 @@ class JobService:
 
     async def upscale(self, interaction: discord.Interaction, gen_id: int, index: int) -> None:
         """⬆️ Twice the size of one image: resize, then a light image-to-image pass."""
-        parent = await self.source(gen_id, index)
+        parent = await self.source(interaction, gen_id, index)
         image = parent.image(index)
         width = (image.width or parent.request.width) * 2
         height = (image.height or parent.request.height) * 2
@@ -420,7 +434,7 @@ class JobService:
 
     async def open_remix_modal(self, interaction: discord.Interaction, gen_id: int) -> None:
         """✏️ A modal with the prompt prefilled; same seed and settings on submit."""
-        parent = await self.source(gen_id)
+        parent = await self.source(interaction, gen_id)
         await interaction.response.send_modal(
             RemixModal(
                 self.bot,
@@ -433,15 +447,22 @@ class JobService:
 
     async def remix(self, interaction: discord.Interaction, gen_id: int, **overrides: Any) -> None:
         """Same seed and settings as the source, with a new prompt and any overrides."""
-        parent = await self.source(gen_id)
+        parent = await self.source(interaction, gen_id)
         values = {k: v for k, v in overrides.items() if v is not None}
         request = dataclasses.replace(parent.request, job_id="", init_image=None, **values)
         if request.mode != "txt2img":
             request = dataclasses.replace(
                 request,
-                init_image=await self._source_png(parent.parent_id, parent.parent_image_index),
+                init_image=await self._grandparent_png(interaction, parent),
             )
         await self.submit(interaction, request, kind="remix", parent=parent)
+
+    async def _grandparent_png(self, interaction: discord.Interaction, parent: Generation) -> bytes:
+        """The image a variation or upscale was made from, if it may still be built on."""
+        if parent.parent_id is None or parent.parent_image_index is None:
+            raise UserError("The source image of this remix is gone.")
+        await self.source(interaction, parent.parent_id, parent.parent_image_index)
+        return await self._source_png(parent.parent_id, parent.parent_image_index)
 
     async def _source_png(self, gen_id: int | None, index: int | None) -> bytes:
         if gen_id is None or index is None:
@@ -459,15 +480,15 @@ class JobService:
 
     async def delete(self, interaction: discord.Interaction, gen_id: int) -> None:
         """🗑 Remove a result from the channel (author or moderator); the log keeps it."""
-        gen = await self.bot.store.get(gen_id)
-        if gen is None:
-            raise UserError(f"There is no image #{gen_id}.")
+        gen = await self.here(interaction, gen_id)
         moderator = interaction_is_moderator(interaction, self.settings.moderation)
         if interaction.user.id != gen.user_id and not moderator:
             raise UserError("Only the author of an image or a moderator can delete it.")
         if gen.deleted:
             raise UserError(f"#{gen_id} is already deleted.")
         await self.bot.store.mark_deleted(gen_id, by=interaction.user.id)
+        if not gen.is_final:
+            await self.bot.scheduler.cancel(gen_id)  # deleting a waiting job stops it
         if gen.message_id and gen.message_channel_id:
             channel = self.bot.get_partial_messageable(
                 gen.message_channel_id, guild_id=gen.guild_id
@@ -497,8 +518,22 @@ class JobService:
         await interaction.response.edit_message(
             content=render.status_text(gen.request, gen_id, "cancelled."),
             view=None,
+            attachments=[],  # no preview left behind
             allowed_mentions=NO_PINGS,
         )
+
+
+MENTION = re.compile(r"@(everyone|here)\b|<@[!&]?\d+>|<#\d+>", re.IGNORECASE)
+
+
+def refuse_mentions(request: GenerationRequest) -> None:
+    """Prompts are posted with every result: mentions in them would be noise at best."""
+    for text in (request.prompt, request.negative):
+        found = MENTION.search(text or "")
+        if found:
+            raise RequestError(
+                f"Prompts cannot contain mentions like {found.group(0)}; remove it and try again."
+            )
 
 
 def _count(n: int, noun: str) -> str:

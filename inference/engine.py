@@ -167,6 +167,7 @@ class Engine:
         self._oom_injections = int(config.extra.get("fail_oom_above", 0))
         self._on_preview: PreviewCallback | None = None
         self._last_preview = 0.0
+        self._preview_blocked: set[int] = set()
 
     # --- loading -------------------------------------------------------------------------
 
@@ -263,6 +264,7 @@ class Engine:
         """
         self._on_preview = on_preview if self.config.preview_interval > 0 else None
         self._last_preview = 0.0
+        self._preview_blocked: set[int] = set()
         try:
             return self._run(batch, on_progress, cancelled)
         finally:
@@ -402,8 +404,17 @@ class Engine:
             return
         self._last_preview = now
         for position, slot in enumerate(slots):
-            if slot.image_index == 0 and position < latents.shape[0]:
-                self._on_preview(slot.request_index, latent_preview(latents[position]))
+            if slot.image_index != 0 or position >= latents.shape[0]:
+                continue
+            if slot.request_index in self._preview_blocked:
+                continue
+            pixels = latent_preview_pixels(latents[position])
+            # Previews are shown before the result: the safety checker sees them first, and
+            # a job whose preview it flags shows no more previews.
+            if self._safety_flags([pixels.astype("float32") / 255.0])[0]:
+                self._preview_blocked.add(slot.request_index)
+                continue
+            self._on_preview(slot.request_index, _png(pixels))
 
     def _scheduler(self, sampler: str):
         from .samplers import make_scheduler
@@ -519,8 +530,10 @@ class Engine:
         )
 
 
-def latent_preview(latent) -> bytes:
-    """A small PNG from one image's latents (4, h, w), mapped linearly to RGB."""
+def latent_preview_pixels(latent):
+    """One image's latents (4, h, w) mapped linearly to RGB: uint8 (h', w', 3), longer side
+    PREVIEW_SIDE."""
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -533,8 +546,19 @@ def latent_preview(latent) -> bytes:
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
         Image.Resampling.BILINEAR,
     )
+    return np.asarray(image)
+
+
+def latent_preview(latent) -> bytes:
+    """A small PNG from one image's latents (4, h, w), mapped linearly to RGB."""
+    return _png(latent_preview_pixels(latent))
+
+
+def _png(pixels) -> bytes:
+    from PIL import Image
+
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 

@@ -116,8 +116,8 @@ class Lineage(commands.Cog):
 
     async def send_info(self, interaction: discord.Interaction, gen_id: int) -> None:
         store = self.bot.store
-        gen = await store.get(gen_id)
-        if gen is None or (gen.status == "blocked" and not self._may_see_blocked(interaction, gen)):
+        gen = await self.bot.jobs.here(interaction, gen_id)
+        if gen.status == "blocked" and not self._may_see_blocked(interaction, gen):
             raise UserError(f"There is no image #{gen_id}.")
         ancestors = await store.ancestors(gen_id)
         children = await store.children(gen_id)

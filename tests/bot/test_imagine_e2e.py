@@ -117,18 +117,19 @@ async def test_bad_options_are_refused_and_logged(world):
     assert len(refused) == 3 and {g.status for g in refused} == {"blocked"}
 
 
-async def test_everyone_in_prompt_pings_nobody(world):
-    """A prompt with @everyone and a role mention never pings anyone but the author."""
-    fd, _bot = world
+async def test_mentions_in_prompts_are_refused_and_nothing_pings(world):
+    """@everyone, @here and role mentions in a prompt are refused (logged); no message pings."""
+    fd, bot = world
     carol = fd.add_member("carol")
     role = fd.add_role("students", mentionable=True)
-    handle = await fd.invoke(carol, "imagine", {"prompt": f"@everyone <@&{role.id}> party"})
-    await handle.response()
-    status = await handle.wait_for_message(lambda m: "**#" in (m.content or ""))
-    gen_id = int(status.content.split("**#")[1].split("**")[0])
-    result = await fd.wait_for_message(result_of(fd, gen_id), timeout=30)
-    assert not result.pings.everyone and not result.pings.roles
-    assert result.pings.users == {carol.id}
+    for prompt in ("@everyone party", "hi @here", f"<@&{role.id}> party"):
+        handle = await fd.invoke(carol, "imagine", {"prompt": prompt})
+        message = (await handle.response()).message
+        assert message.ephemeral and "Prompts cannot contain mentions" in message.content
+        assert not message.pings.any
+    assert bot.scheduler.waiting_count == 0
+    refused = await bot.store.moderation_log(user_id=carol.id)
+    assert [g.refusal_reason for g in refused] == ["bad_input"] * 3
     for message in fd.messages(include_deleted=True):
         assert not message.pings.everyone and not message.pings.roles
 

@@ -231,3 +231,13 @@ def test_torch_compile_gives_the_same_image(tiny_model_dir):
     (a,) = eager.run([request()])
     (b,) = compiled.run([request()])
     assert np.abs(pixels(a.images[0].png) - pixels(b.images[0].png)).max() <= 1
+
+
+def test_previews_pass_the_safety_checker_first(flagging_model_dir):
+    """A preview the safety checker flags is never sent (previews are shown before results)."""
+    engine = Engine(
+        EngineConfig(model=flagging_model_dir, device="cpu", preview_interval=1e-6)
+    ).load()
+    previews = []
+    (result,) = engine.run([request()], on_preview=lambda index, png: previews.append(index))
+    assert previews == [] and result.any_flagged
