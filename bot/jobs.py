@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import io
 import logging
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -408,6 +409,7 @@ class JobService:
             job_id="",
             init_image=await self._source_png(gen_id, index),
             strength=self.settings.generation.vary_strength,
+            steps=enough_steps(parent.request.steps, self.settings.generation.vary_strength),
             width=image.width or parent.request.width,
             height=image.height or parent.request.height,
         )
@@ -429,6 +431,7 @@ class JobService:
             width=width,
             height=height,
             strength=self.settings.generation.upscale_strength,
+            steps=enough_steps(parent.request.steps, self.settings.generation.upscale_strength),
         )
         await self.submit(interaction, request, kind="upscale", parent=parent, parent_index=index)
 
@@ -521,6 +524,11 @@ class JobService:
             attachments=[],  # no preview left behind
             allowed_mentions=NO_PINGS,
         )
+
+
+def enough_steps(steps: int, strength: float) -> int:
+    """Image-to-image runs only steps × strength of them: keep at least one."""
+    return max(steps, math.ceil(1 / strength))
 
 
 MENTION = re.compile(r"@(everyone|here)\b|<@[!&]?\d+>|<#\d+>", re.IGNORECASE)

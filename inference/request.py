@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -223,6 +224,12 @@ def validate(request: GenerationRequest, limits: Limits) -> GenerationRequest:
             raise RequestError(f"A {request.mode} request needs a source image.")
         if not 0.0 < request.strength <= 1.0:
             raise RequestError(f"strength must be above 0 and at most 1 (got {request.strength}).")
+        if int(request.steps * request.strength) < 1:
+            needed = math.ceil(1 / request.strength)
+            raise RequestError(
+                f"{request.steps} step(s) at strength {request.strength:g} leave nothing to do; "
+                f"use at least {needed} steps."
+            )
     return dataclasses.replace(request, prompt=prompt, negative=(request.negative or "").strip())
 
 

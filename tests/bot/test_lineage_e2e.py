@@ -85,7 +85,7 @@ def _inputs(modal: dict) -> list[dict]:
 async def test_vary_and_upscale_sizes(fd, bot):
     """🔀 keeps the size (new seed, image-to-image); ⬆️ doubles it."""
     carol = fd.add_member("carol")
-    gen_id, message = await imagine(fd, carol, prompt="a cat", count=2, aspect="landscape")
+    gen_id, message = await imagine(fd, carol, prompt="a cat", count=2, aspect="landscape", steps=3)
     size = Image.open(io.BytesIO(message.attachments[1].data)).size
     vary_id = await queued_id(await fd.click(carol, message, button(message, "V2")))
     vary = await result(fd, vary_id)

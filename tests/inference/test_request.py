@@ -45,6 +45,10 @@ def make(**overrides) -> GenerationRequest:
         ({"mode": "img2img"}, "needs a source image"),
         ({"mode": "img2img", "init_image": b"png", "strength": 0}, "strength must be above 0"),
         ({"mode": "paint"}, "Unknown mode"),
+        (
+            {"mode": "upscale", "init_image": b"png", "strength": 0.3, "steps": 3},
+            "at least 4 steps",
+        ),
     ],
 )
 def test_validation_errors_say_what_to_change(overrides, message):
