@@ -39,6 +39,8 @@ async def reply(
 ) -> discord.Message | None:
     """Answer by the response, a followup, or (token expired) a channel message."""
     kwargs.setdefault("allowed_mentions", NO_PINGS)
+    if content is not None and len(content) > 2000:  # Discord's limit; errors can echo input
+        content = content[:1999] + "…"
     if not interaction.response.is_done():
         await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
         return None

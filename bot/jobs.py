@@ -129,12 +129,19 @@ class JobService:
         queued = dataclasses.replace(request, seed=gen.recipe.get("seed"))
         status = self._status[gen.id] = _Status(interaction, queued)
         # The status is public, like the queue itself; it goes away when the result is posted.
-        await interaction.response.send_message(
+        callback = await interaction.response.send_message(
             self._queued_text(gen.id, queued), view=cancel_view(gen.id), allowed_mentions=NO_PINGS
         )
         status.sent = True
+        message_id = getattr(callback, "message_id", None) or getattr(
+            getattr(callback, "resource", None), "id", None
+        )
+        if message_id and interaction.channel_id:
+            # Remembered so the line can still be removed after 15 minutes or a restart.
+            where = f"{interaction.channel_id}:{message_id}"
+            await self.bot.store.set_state(status_key(gen.id), where)
         if status.delivered:  # a fast job finished before its status line was even sent
-            await self._delete_status(status)
+            await self._remove_status_line(gen.id, status)
         line = f"queued #{gen.id} ({kind}): {render.quote(request.prompt)[:300]}"
         if parent is not None:
             line += f" — from #{parent.id}"
@@ -209,15 +216,36 @@ class JobService:
         status = self._status.pop(gen.id, None)
         request = status.request if status else gen.request
         if gen.status == "cancelled":
-            if status:
+            if status and status.sent and not status.interaction.is_expired():
                 await self._edit_status_of(
                     status, render.status_text(request, gen.id, "cancelled.")
                 )
+                await self.bot.store.set_state(status_key(gen.id), None)
+            else:
+                await self._remove_status_line(gen.id, status)
             return
-        if gen.delivered:
+        if gen.delivered or gen.deleted:
+            if not gen.delivered:  # deleted before it was posted: nothing to post
+                await self.bot.store.mark_delivered(gen.id, channel_id=None, message_id=None)
+            await self._remove_status_line(gen.id, status)
             return
         try:
             message = await self.post_result(gen, result)
+        except (discord.Forbidden, discord.NotFound) as error:
+            # No permission to post here, or the channel is gone: retrying will not help.
+            log.warning("Cannot post the result of #%d in %s: %s", gen.id, gen.channel_id, error)
+            await self.bot.store.mark_delivered(gen.id, channel_id=None, message_id=None)
+            if status and status.sent:
+                await self._edit_status_of(
+                    status,
+                    render.status_text(
+                        request,
+                        gen.id,
+                        "done, but I may not post images in this channel; ask a "
+                        "moderator to let me send messages, embed links and attach files here.",
+                    ),
+                )
+            return
         except discord.HTTPException:
             log.exception(
                 "Could not post the result of #%d; it will be posted after a restart", gen.id
@@ -227,18 +255,37 @@ class JobService:
             gen.id, channel_id=gen.channel_id, message_id=message.id if message else None
         )
         await self._log_outcome(gen, message)
-        if status and message is not None:
-            # The result message mentions the author; the status line has done its job.
+        if message is None:
+            return
+        # The result message mentions the author; the status line has done its job.
+        if status is None:
+            await self._remove_status_line(gen.id, None)
+        else:
             status.delivered = True
             if status.sent:
-                await self._delete_status(status)
+                await self._remove_status_line(gen.id, status)
 
-    async def _delete_status(self, status: _Status) -> None:
-        try:
-            if not status.interaction.is_expired():
+    async def _remove_status_line(self, gen_id: int, status: _Status | None) -> None:
+        """Delete a job's status line: through its interaction while that lives, else (after
+        15 minutes, or after a restart) as a plain channel message."""
+        store = self.bot.store
+        where = await store.get_state(status_key(gen_id))
+        deleted = False
+        if status is not None and status.sent and not status.interaction.is_expired():
+            try:
                 await status.interaction.delete_original_response()
-        except discord.HTTPException as error:
-            log.debug("Could not delete a status message: %s", error)
+                deleted = True
+            except discord.HTTPException as error:  # e.g. the token died early
+                log.debug("Could not delete the status line of #%d: %s", gen_id, error)
+        if not deleted and where:
+            channel_id, message_id = (int(part) for part in where.split(":"))
+            channel = self.bot.get_partial_messageable(channel_id)
+            try:
+                await channel.get_partial_message(message_id).delete()
+            except discord.HTTPException as error:
+                log.debug("Could not delete the status line of #%d: %s", gen_id, error)
+        if where:
+            await store.set_state(status_key(gen_id), None)
 
     async def _log_outcome(self, gen: Generation, message: discord.Message | None) -> None:
         """Flags and failures get a line in the moderators' log channel, with the link."""
@@ -291,7 +338,7 @@ class JobService:
         channel = self.bot.get_partial_messageable(gen.channel_id, guild_id=gen.guild_id)
         author = discord.Object(gen.user_id)
         if gen.status != "done":
-            error = gen.error or result.error or "it failed"
+            error = render.clip(gen.error or result.error or "it failed", 1500)
             return await channel.send(
                 f"<@{gen.user_id}> sorry, #{gen.id} could not be made: {error}",
                 allowed_mentions=allow_user_ping(author),
@@ -524,6 +571,11 @@ class JobService:
             attachments=[],  # no preview left behind
             allowed_mentions=NO_PINGS,
         )
+
+
+def status_key(gen_id: int) -> str:
+    """Where a job's public status line is (channel:message), in the store's state table."""
+    return f"status_line:{gen_id}"
 
 
 def enough_steps(steps: int, strength: float) -> int:

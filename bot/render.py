@@ -113,6 +113,25 @@ def recipe_embed(
     return embed
 
 
+def fit_embed(embed: discord.Embed, limit: int = 6000) -> discord.Embed:
+    """Shorten the longest field until the embed fits Discord's total size."""
+    while len(embed) > limit and embed.fields:
+        index, field = max(enumerate(embed.fields), key=lambda pair: len(pair[1].value))
+        if len(field.value) <= 64:
+            break
+        embed.set_field_at(
+            index,
+            name=field.name,
+            value=clip(field.value, len(field.value) // 2),
+            inline=field.inline,
+        )
+    if len(embed) > limit and embed.description:
+        embed.description = clip(
+            embed.description, max(100, len(embed.description) - (len(embed) - limit))
+        )
+    return embed
+
+
 def status_text(request: GenerationRequest, generation_id: int, state: str) -> str:
     """The author's private status line for a job."""
     return f"**#{generation_id}** `{clip(quote(request.prompt), 80)}` — {state}"

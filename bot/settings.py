@@ -87,9 +87,11 @@ class GenerationSettings:
     default_guidance: float = field(default=7.0, metadata=_range(0, 50))
     min_guidance: float = field(default=0.0, metadata=_range(0, 50))
     max_guidance: float = field(default=20.0, metadata=_range(0, 50))
-    default_count: int = field(default=1, metadata=_range(1, 16))
-    max_count: int = field(default=4, metadata=_range(1, 16))
-    max_prompt_chars: int = field(default=1000, metadata=_range(1, 6000))
+    # At most 4: one row of V1–V4 and one of U1–U4 buttons (Discord allows 5 per row).
+    default_count: int = field(default=1, metadata=_range(1, 4))
+    max_count: int = field(default=4, metadata=_range(1, 4))
+    # At most 2000, so a recipe embed stays inside Discord's 6000 characters.
+    max_prompt_chars: int = field(default=1000, metadata=_range(1, 2000))
     max_pixels: int = field(default=1048576, metadata=_range(64 * 64))
     vary_strength: float = field(default=0.6, metadata=_range(0.05, 1))
     upscale_strength: float = field(default=0.3, metadata=_range(0.05, 1))

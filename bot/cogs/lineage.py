@@ -165,7 +165,7 @@ class Lineage(commands.Cog):
                 1024,
             ),
         )
-        await reply(interaction, embed=embed)
+        await reply(interaction, embed=render.fit_embed(embed))
 
     def _may_see_blocked(self, interaction: discord.Interaction, gen: Generation) -> bool:
         from bot.permissions import interaction_is_moderator

@@ -31,12 +31,15 @@ class Queue(commands.Cog):
         ]
         if not mine:
             lines.append("You have no jobs in the queue. Start one with /imagine.")
-        for job in mine:
+        shown = 15  # keeps the answer inside Discord's 2000 characters
+        for job in mine[:shown]:
             where = "running" if job.status == "running" else f"position {job.position}"
             lines.append(
                 f"• **#{job.gen_id}** `{render.clip(render.quote(job.request.prompt), 60)}`"
                 f" — {where}, ready in about {render.fmt_seconds(job.eta_seconds)}"
             )
+        if len(mine) > shown:
+            lines.append(f"… and {len(mine) - shown} more.")
         await reply(interaction, "\n".join(lines))
 
     @app_commands.command(name="cancel", description="Cancel your queued or running jobs")

@@ -217,7 +217,8 @@ async def test_result_is_posted_after_the_interaction_expired(world):
     fd.token_lifetime = 1.0
     nora = fd.add_member("nora")
     await bot.scheduler.stop()
-    _, gen_id = await imagine(fd, nora, prompt="a patient fox")
+    handle, gen_id = await imagine(fd, nora, prompt="a patient fox")
+    status = handle.original
     await asyncio.sleep(1.5)
     await bot.scheduler.start()
     message = await fd.wait_for_message(result_of(fd, gen_id), timeout=30)
@@ -227,6 +228,8 @@ async def test_result_is_posted_after_the_interaction_expired(world):
             break
         await asyncio.sleep(0.05)
     assert (await bot.store.get(gen_id)).message_id == message.id
+    # The status line goes too, although its interaction token has expired.
+    await fd.wait_until(lambda: fd.messages_by_id[status.id].deleted, timeout=5)
 
 
 async def test_unexpected_error_gets_an_apology_with_an_error_id(world, monkeypatch):

@@ -43,3 +43,17 @@ def test_text_helpers():
     assert clip("abcdef", 4) == "abc…" and clip("abc", 4) == "abc"
     assert fmt_seconds(12.2) == "12 s" and fmt_seconds(600) == "10 min"
     assert fmt_seconds(None) == "unknown"
+
+
+def test_fit_embed_keeps_discords_size_limit():
+    """An embed with long fields is shortened to at most 6000 characters."""
+    import discord
+
+    from bot.render import fit_embed
+
+    embed = discord.Embed(title="#1", description="d" * 2000)
+    for name in ("Negative", "Made from", "Remixed into", "Reproduce", "Model"):
+        embed.add_field(name=name, value="v" * 1024, inline=False)
+    assert len(embed) > 6000
+    assert len(fit_embed(embed)) <= 6000
+    assert embed.description == "d" * 2000  # the prompt is kept when the fields can give
