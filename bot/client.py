@@ -3,6 +3,8 @@ made in `main()` and handed in (discord.py's advanced start-up pattern)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import logging
 
@@ -50,6 +52,8 @@ class EaselBot(commands.Bot):
         self.scheduler = scheduler
         self.jobs = JobService(self)
         self.synced_commands: list[discord.app_commands.AppCommand] = []
+        self._log_lines: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self._log_writer: asyncio.Task[None] | None = None
 
     @property
     def native_size(self) -> int:
@@ -89,6 +93,11 @@ class EaselBot(commands.Bot):
 
     async def close(self) -> None:
         await self.scheduler.stop(grace=5.0)
+        if self._log_writer is not None:
+            # Give queued log lines a moment to go out, then stop the writer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._log_lines.join(), 3.0)
+            self._log_writer.cancel()
         await super().close()
 
     async def audit_line(
@@ -109,9 +118,20 @@ class EaselBot(commands.Bot):
             if interaction.channel_id:
                 who += f" in <#{interaction.channel_id}>"
             who += ": "
-        try:
-            await self.get_partial_messageable(channel_id).send(
-                (who + text)[:1900], allowed_mentions=NO_PINGS
-            )
-        except discord.HTTPException as error:
-            log.warning("Could not write to the log channel %s: %s", channel_id, error)
+        # Sent in the background, in order: a busy log channel hits Discord's rate limit, and
+        # nobody's interaction may wait for it.
+        self._log_lines.put_nowait((channel_id, (who + text)[:1900]))
+        if self._log_writer is None or self._log_writer.done():
+            self._log_writer = asyncio.create_task(self._write_log_lines(), name="easel-log")
+
+    async def _write_log_lines(self) -> None:
+        while True:
+            channel_id, line = await self._log_lines.get()
+            try:
+                await self.get_partial_messageable(channel_id).send(line, allowed_mentions=NO_PINGS)
+            except discord.HTTPException as error:
+                log.warning("Could not write to the log channel %s: %s", channel_id, error)
+            except Exception:
+                log.exception("Log line to %s failed", channel_id)
+            finally:
+                self._log_lines.task_done()
