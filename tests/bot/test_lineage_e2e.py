@@ -267,3 +267,19 @@ def _watcher():
 
     (found,) = [h for h in logging.getLogger("bot").handlers if isinstance(h, DiscordErrorWatcher)]
     return found
+
+
+async def test_ids_from_another_server_are_unknown(fd, bot):
+    """A generation of one server cannot be looked up, remixed or deleted from another."""
+    from types import SimpleNamespace
+
+    from bot.errors import UserError
+
+    owner = fd.add_member("quinn")
+    gen_id, _ = await imagine(fd, owner, prompt="a local secret")
+    elsewhere = SimpleNamespace(guild_id=fd.guild.id + 1)
+    with pytest.raises(UserError, match=f"There is no image #{gen_id}"):
+        await bot.jobs.here(elsewhere, gen_id)
+    with pytest.raises(UserError, match=f"There is no image #{gen_id}"):
+        await bot.jobs.source(elsewhere, gen_id)
+    assert (await bot.jobs.here(SimpleNamespace(guild_id=fd.guild.id), gen_id)).id == gen_id

@@ -291,6 +291,7 @@ async def test_spoiler_mode_and_remove(world):
     first = await result_message(w, gen_id)
     assert "Content warning" in first.content
     assert len(first.attachments) == 2 and all(a.spoiler for a in first.attachments)
+    assert not first.embed.get("image")  # embed images are never blurred
 
     card = await mod(w, "mod review")
     assert f"#{gen_id} · image 1 of 2" in text_of(card)
