@@ -199,6 +199,12 @@ class Engine:
         self.feature_extractor = getattr(pipe, "feature_extractor", None)
         if not self.config.safety_checker:
             self.safety_checker = None
+        elif self.safety_checker is None or self.feature_extractor is None:
+            log.warning(
+                "%s ships no safety checker: images will not be screened (SDXL and many "
+                "fine-tunes have none); moderators still see every prompt in the log",
+                model,
+            )
         if self.safety_checker is not None:
             self.safety_checker.to(self.device)
         pipe.to(self.device)
