@@ -1,0 +1,1 @@
+"""Easel's Discord side: settings, the store, the fair scheduler and the discord.py client."""
