@@ -33,6 +33,8 @@ EXTENSIONS = (
 
 class EaselBot(commands.Bot):
     def __init__(self, settings: Settings, store: Store, worker: Worker, scheduler: Scheduler):
+        # Easel never joins voice: skip discord.py's warnings about voice libraries.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.none()
         intents.guilds = True  # channel and role caches: permissions, upload limits
         super().__init__(

@@ -356,7 +356,9 @@ class JobService:
                 spoilered.append(image)
             else:
                 withheld.append(image)
-        content = f"<@{gen.user_id}>"
+        # The prompt in the content shows in notifications; the embed holds the full recipe.
+        prompt = discord.utils.escape_markdown(render.clip(render.quote(gen.prompt), 120))
+        content = f"<@{gen.user_id}> **{prompt}**"
         line = render.lineage_line(gen, parent)
         if line:
             content += f" — {line}"

@@ -108,7 +108,7 @@ def recipe_embed(
     by = generation.user_name or str(generation.user_id)
     footer = f"by {by}"
     if generation.inference_seconds:
-        footer += f" · {generation.inference_seconds:.1f} s on the GPU"
+        footer += f" · made in {generation.inference_seconds:.1f} s"
     embed.set_footer(text=footer)
     return embed
 
