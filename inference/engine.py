@@ -190,10 +190,20 @@ class Engine:
             raise ModelLoadError("No model is set; set EASEL_MODEL to a hub id or a folder.")
         if _looks_like_path(model) and not os.path.isdir(model):
             raise ModelLoadError(f"Model folder {model!r} does not exist.")
-        try:
-            pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=self.dtype)
-        except Exception as error:  # diffusers raises many types; all mean "cannot load"
-            raise ModelLoadError(_explain_load_error(model, error)) from None
+        pipe = None
+        if self.dtype == torch.float16 and not os.path.isdir(model):
+            # Hub checkpoints often ship fp16 weights: half the download, same images.
+            try:
+                pipe = AutoPipelineForText2Image.from_pretrained(
+                    model, dtype=self.dtype, variant="fp16"
+                )
+            except Exception:
+                log.info("%s has no fp16 variant; loading its full weights", model)
+        if pipe is None:
+            try:
+                pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=self.dtype)
+            except Exception as error:  # diffusers raises many types; all mean "cannot load"
+                raise ModelLoadError(_explain_load_error(model, error)) from None
         # The checker runs on our decoded images (the pipeline's own would black them out).
         self.safety_checker = getattr(pipe, "safety_checker", None)
         self.feature_extractor = getattr(pipe, "feature_extractor", None)
