@@ -108,9 +108,8 @@ class EaselBot(commands.Bot):
         """One short line in the moderators' log channel, if one is configured."""
         channel_id = self.settings.discord.log_channel_id
         if interaction is not None and interaction.guild_id is not None:
-            guild_settings = await self.store.guild_settings(interaction.guild_id)
-            channel_id = guild_settings.log_channel_id or channel_id
-        elif guild_id is not None:
+            guild_id = interaction.guild_id
+        if guild_id is not None:
             channel_id = (await self.store.guild_settings(guild_id)).log_channel_id or channel_id
         if not channel_id:
             return

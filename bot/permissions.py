@@ -8,21 +8,6 @@ import discord
 from .settings import ModerationSettings
 
 
-def is_moderator(
-    member: discord.abc.User,
-    settings: ModerationSettings,
-    channel: discord.abc.GuildChannel | discord.Thread | None = None,
-) -> bool:
-    if not isinstance(member, discord.Member):
-        return False
-    if settings.role_id and any(role.id == settings.role_id for role in member.roles):
-        return True
-    permissions = (
-        channel.permissions_for(member) if channel is not None else member.guild_permissions
-    )
-    return permissions.administrator or bool(getattr(permissions, settings.permission, False))
-
-
 def interaction_is_moderator(
     interaction: discord.Interaction, settings: ModerationSettings
 ) -> bool:

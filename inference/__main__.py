@@ -11,7 +11,16 @@ import os
 import sys
 from pathlib import Path
 
-from .request import ASPECTS, MAX_SEED, SAMPLERS, GenerationRequest, Limits, RequestError
+from .request import (
+    ASPECTS,
+    MAX_SEED,
+    SAMPLERS,
+    GenerationRequest,
+    Limits,
+    RequestError,
+    aspect_size,
+    validate,
+)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -103,7 +112,7 @@ def generate(args: argparse.Namespace) -> int:
     try:
         if args.width is not None:
             request.width, request.height = args.width, args.height or args.width
-        request = validate_early(request, limits)
+        request = validate(request, limits)
     except RequestError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -126,9 +135,9 @@ def generate(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.width is None:
-        request.width, request.height = _aspect(args.aspect or "square", engine.native_size)
+        request.width, request.height = aspect_size(args.aspect or "square", engine.native_size)
     try:
-        request = validate_early(request, limits).with_seed()
+        request = validate(request, limits).with_seed()
     except RequestError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -166,18 +175,6 @@ def generate(args: argparse.Namespace) -> int:
     seconds = result.timings.get("batch", 0.0)
     print(f"{len(result.images)} image(s) in {seconds:.2f} s on {engine.device}.", file=sys.stderr)
     return 3 if flagged else 0
-
-
-def validate_early(request: GenerationRequest, limits: Limits) -> GenerationRequest:
-    from .request import validate
-
-    return validate(request, limits)
-
-
-def _aspect(aspect: str, native: int) -> tuple[int, int]:
-    from .request import aspect_size
-
-    return aspect_size(aspect, native)
 
 
 def main(argv: list[str] | None = None) -> int:

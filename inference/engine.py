@@ -215,9 +215,7 @@ class Engine:
                 "fine-tunes have none); moderators still see every prompt in the log",
                 model,
             )
-        if self.safety_checker is not None:
-            self.safety_checker.to(self.device)
-        pipe.to(self.device)
+        pipe.to(self.device)  # the safety checker is a component: it moves too
         pipe.set_progress_bar_config(disable=True)
         if hasattr(pipe, "unet"):
             # SDPA is diffusers' default attention processor in torch 2; make it explicit.

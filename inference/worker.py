@@ -315,7 +315,6 @@ class Worker:
             ]
 
     async def _run_once(self, batch, on_progress) -> list[GenerationResult]:
-        batch = [r for r in batch]
         # A job cancelled before a retry is not run again.
         cancelled_now = [r for r in batch if r.job_id in self._cancelled]
         if cancelled_now and len(cancelled_now) == len(batch):

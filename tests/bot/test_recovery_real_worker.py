@@ -6,28 +6,13 @@ import asyncio
 import os
 import signal
 import sqlite3
-from collections import Counter
 
 from bot.scheduler import Scheduler
 from bot.store import Store
 from inference.engine import EngineConfig
 from inference.request import GenerationRequest
 from inference.worker import Worker
-
-FINALS_DDL = """
-CREATE TABLE IF NOT EXISTS test_finals (gen_id INTEGER NOT NULL, status TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS test_count_finals
-AFTER UPDATE OF status ON generations
-WHEN old.status IN ('queued', 'running') AND new.status IN ('done', 'failed', 'cancelled')
-BEGIN
-    INSERT INTO test_finals (gen_id, status) VALUES (new.id, new.status);
-END;
-"""
-
-
-def finals(db) -> Counter:
-    with sqlite3.connect(db) as conn:
-        return Counter(row[0] for row in conn.execute("SELECT gen_id FROM test_finals"))
+from tests.bot.exactly_once import FINALS_DDL, finals
 
 
 def statuses(db) -> dict[int, str]:

@@ -23,6 +23,7 @@ from hypothesis.stateful import (
 from bot.scheduler import FairQueue, QueueEntry, QueueRefused, Scheduler
 from bot.store import Store
 from inference.request import GeneratedImage, GenerationRequest, GenerationResult
+from tests.bot.exactly_once import FINALS_DDL, finals
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -688,17 +689,6 @@ def test_restore_puts_a_batch_back_where_it_was():
 # -- crash-and-restart property ---------------------------------------------------------------
 
 
-FINALS_DDL = """
-CREATE TABLE IF NOT EXISTS test_finals (gen_id INTEGER NOT NULL, status TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS test_count_finals
-AFTER UPDATE OF status ON generations
-WHEN old.status IN ('queued', 'running') AND new.status IN ('done', 'failed', 'cancelled')
-BEGIN
-    INSERT INTO test_finals (gen_id, status) VALUES (new.id, new.status);
-END;
-"""
-
-
 class QueueMachine(RuleBasedStateMachine):
     """Random enqueue / cancel / complete / pause / crash-and-restart against a temp database.
 
@@ -734,8 +724,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.settle()
 
     def finals(self) -> Counter:
-        with sqlite3.connect(self.db) as conn:
-            return Counter(row[0] for row in conn.execute("SELECT gen_id FROM test_finals"))
+        return finals(self.db)
 
     def statuses(self) -> dict[int, str]:
         with sqlite3.connect(self.db) as conn:
