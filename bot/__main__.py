@@ -1,4 +1,7 @@
-"""`python -m bot`: load settings, open the store, start the worker, connect to Discord."""
+"""`python -m bot`: the composition root.
+
+settings → database → repositories → worker → scheduler → services → client.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +16,13 @@ import discord
 from inference.engine import ModelLoadError
 from inference.worker import Worker
 
-from .endpoints import point_discord_py_at
-from .scheduler import Scheduler
+from .db import Database, Repositories, StoreError
+from .queue import Scheduler, WorkerLike
+from .services import Services
 from .settings import Settings, SettingsError, load_settings
-from .store import Store, StoreError
+from .ui.client import EaselBot
+from .ui.endpoints import point_discord_py_at
+from .ui.logchannel import LogChannel
 
 log = logging.getLogger("bot")
 
@@ -39,30 +45,36 @@ def setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def build_scheduler(settings: Settings, store: Store, worker: Worker) -> Scheduler:
+def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike) -> Scheduler:
     q = settings.queue
     return Scheduler(
-        store,
+        repos,
         worker,
         max_batch=q.batch_size,
-        max_waiting_per_user=q.max_waiting_per_user,
-        daily_quota=q.daily_quota,
         # Cost is pixels × steps × images; the setting is in megapixel-steps per second.
         initial_cost_per_second=q.initial_mpix_steps_per_second * 1e6,
     )
 
 
+def build_bot(settings: Settings, repos: Repositories, worker: Worker) -> EaselBot:
+    """Scheduler → services → client, over opened repositories and a started worker."""
+    scheduler = build_scheduler(settings, repos, worker)
+    log_channel = LogChannel(repos, settings.discord.log_channel_id)
+    services = Services.build(
+        settings, repos, scheduler, log_channel, native_size=lambda: worker.native_size
+    )
+    return EaselBot(settings, repos, scheduler, services, log_channel, worker)
+
+
 async def run(settings: Settings) -> None:
     point_discord_py_at(settings.discord.api_base, settings.discord.gateway_url)
-    from .client import EaselBot
-
-    async with Store.open(settings.database_path, images_dir=settings.images_dir) as store:
+    async with Database.open(settings.database_path) as db:
+        repos = Repositories.on(db, images_dir=settings.images_dir)
         log.info("Loading %s on %s …", settings.model.id, settings.model.device)
         worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
         await worker.start()
         try:
-            scheduler = build_scheduler(settings, store, worker)
-            async with EaselBot(settings, store, worker, scheduler) as bot:
+            async with build_bot(settings, repos, worker) as bot:
                 loop = asyncio.get_running_loop()
                 with contextlib.suppress(NotImplementedError):
                     loop.add_signal_handler(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from .errors import UserError
+from .domain import UserError
 
 # Longest ban with an end; anything longer is better said as a permanent ban.
 MAX_DURATION = timedelta(days=366)

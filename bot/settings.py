@@ -19,6 +19,8 @@ from dotenv import dotenv_values
 from inference.engine import DEVICES, DTYPES, EngineConfig
 from inference.request import ASPECTS, SAMPLERS, Limits
 
+from .domain import SafetyMode
+
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 PERMISSIONS = (
     "manage_messages",
@@ -28,7 +30,7 @@ PERMISSIONS = (
     "ban_members",
     "administrator",
 )
-SAFETY_MODES = ("withhold", "spoiler")
+SAFETY_MODES = tuple(mode.value for mode in SafetyMode)
 
 # The well-known variable names DESIGN.md promises, and the setting each one sets.
 ALIASES = {

@@ -18,16 +18,81 @@ import queue
 import resource
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
 
 from .engine import EngineConfig, ModelLoadError
 from .request import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
-# on_progress(job_id, step, total) — and, when a preview image is ready, preview=PNG bytes.
-JobProgress = Callable[..., None]
+
+class JobProgress(Protocol):
+    """`on_progress(job_id, step, total)`, with `preview=` PNG bytes when one is ready."""
+
+    def __call__(
+        self, job_id: str, step: int, total: int, preview: bytes | None = None
+    ) -> None: ...
+
+
+# --- the pipe protocol: parent → child ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    batch_id: int
+    batch: list[GenerationRequest]
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+ToWorker = RunBatch | CancelJob | Stop
+
+
+# --- child → parent ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    batch_id: int
+    step: int
+    total: int
+    previews: dict[int, bytes] = field(default_factory=dict)  # by request index in the batch
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    batch_id: int
+    results: list[GenerationResult]
+    stats: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class BatchFailed:
+    batch_id: int
+    error: str
+
+
+FromWorker = Ready | LoadFailed | Progress | BatchDone | BatchFailed
 
 CRASHED_TWICE = (
     "The image worker crashed twice while making this image, so it was skipped; "
@@ -55,7 +120,7 @@ def _gpu_peak_mb() -> float | None:
     return None
 
 
-def _child_main(config: EngineConfig, inbox, outbox) -> None:
+def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> None:
     """Entry point of the worker process: load once, then run batches until told to stop."""
     import logging as child_logging
 
@@ -68,11 +133,10 @@ def _child_main(config: EngineConfig, inbox, outbox) -> None:
     try:
         engine = Engine(config).load()
     except ModelLoadError as error:
-        outbox.send(("load_failed", str(error)))
+        outbox.send(LoadFailed(str(error)))
         return
     outbox.send(
-        (
-            "ready",
+        Ready(
             {
                 "native_size": engine.native_size,
                 "device": engine.device,
@@ -80,64 +144,69 @@ def _child_main(config: EngineConfig, inbox, outbox) -> None:
                 "model": config.model,
                 "load_seconds": time.perf_counter() - started,
                 "peak_rss_mb": _peak_rss_mb(),
-            },
+            }
         )
     )
 
-    jobs: queue.Queue = queue.Queue()
+    jobs: queue.Queue[RunBatch | None] = queue.Queue()
     cancelled: set[str] = set()
     step_delay = float(config.extra.get("step_delay", 0.0))
 
     def listen() -> None:
         while True:
             try:
-                message = inbox.recv()
+                message: ToWorker = inbox.recv()
             except (EOFError, OSError):
                 jobs.put(None)  # the parent is gone: stop
                 return
-            if message[0] == "cancel":
-                cancelled.add(message[1])
-            elif message[0] == "run":
-                jobs.put(message)
-            elif message[0] == "stop":
-                jobs.put(None)
-                return
+            match message:
+                case CancelJob(job_id):
+                    cancelled.add(job_id)
+                case RunBatch():
+                    jobs.put(message)
+                case Stop():
+                    jobs.put(None)
+                    return
 
     threading.Thread(target=listen, name="easel-worker-inbox", daemon=True).start()
-    while (message := jobs.get()) is not None:
-        _, batch_id, batch = message
-
+    while (run := jobs.get()) is not None:
         previews: dict[int, bytes] = {}
 
         def progress(
-            step: int, total: int, batch_id: int = batch_id, previews: dict = previews
+            step: int,
+            total: int,
+            batch_id: int = run.batch_id,
+            previews: dict[int, bytes] = previews,
         ) -> None:
             if step_delay:
                 time.sleep(step_delay)  # test hook: leaves time to cancel or kill mid-run
-            outbox.send(("progress", batch_id, step, total, dict(previews)))
+            outbox.send(Progress(batch_id, step, total, dict(previews)))
             previews.clear()
 
         try:
             results = engine.run(
-                batch,
+                run.batch,
                 on_progress=progress,
                 cancelled=lambda: cancelled,
                 on_preview=previews.__setitem__,
             )
         except Exception as error:  # a bug or a bad request must not kill the worker
-            log.exception("Batch %s failed", batch_id)
-            outbox.send(("failed", batch_id, f"{type(error).__name__}: {error}"))
+            log.exception("Batch %s failed", run.batch_id)
+            outbox.send(BatchFailed(run.batch_id, f"{type(error).__name__}: {error}"))
         else:
-            outbox.send(
-                (
-                    "result",
-                    batch_id,
-                    results,
-                    {"peak_rss_mb": _peak_rss_mb(), "gpu_peak_mb": _gpu_peak_mb()},
-                )
-            )
-        for request in batch:
+            stats = {"peak_rss_mb": _peak_rss_mb(), "gpu_peak_mb": _gpu_peak_mb()}
+            outbox.send(BatchDone(run.batch_id, results, stats))
+        for request in run.batch:
             cancelled.discard(request.job_id)
+
+
+@dataclass
+class _Pending:
+    """A batch sent to the child, waiting for its answer."""
+
+    future: asyncio.Future[list[GenerationResult]]
+    job_ids: list[str]
+    on_progress: JobProgress | None
 
 
 class Worker:
@@ -149,12 +218,12 @@ class Worker:
         self.info: dict[str, Any] = {}
         self.stats: dict[str, Any] = {}
         self.restarts = 0
-        self._process = None
-        self._inbox = None
-        self._outbox = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._inbox: Connection | None = None
+        self._outbox: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Future | None = None
-        self._pending: dict[int, tuple[asyncio.Future, list[str], JobProgress | None]] = {}
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._run_lock = asyncio.Lock()
         self._cancelled: set[str] = set()
@@ -164,7 +233,7 @@ class Worker:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     @property
@@ -222,12 +291,13 @@ class Worker:
             self.info.get("device"),
         )
 
-    def _read(self, outbox, ready: asyncio.Future) -> None:
+    def _read(self, outbox: Connection, ready: asyncio.Future[dict[str, Any]]) -> None:
         """Reader thread: hand every message from the child to the event loop."""
         loop = self._loop
+        assert loop is not None
         while True:
             try:
-                message = outbox.recv()
+                message: FromWorker = outbox.recv()
             except (EOFError, OSError):
                 break
             except Exception:  # an unpicklable message: report it as a crash
@@ -238,37 +308,37 @@ class Worker:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._on_exit, ready)
 
-    def _on_message(self, message: tuple, ready: asyncio.Future) -> None:
-        kind = message[0]
-        if kind == "ready":
-            if not ready.done():
-                ready.set_result(message[1])
-        elif kind == "load_failed":
-            if not ready.done():
-                ready.set_exception(ModelLoadError(message[1]))
-        elif kind == "progress":
-            _, batch_id, step, total, previews = message
-            entry = self._pending.get(batch_id)
-            if entry and entry[2] is not None:
-                for index, job_id in enumerate(entry[1]):
+    def _on_message(self, message: FromWorker, ready: asyncio.Future[dict[str, Any]]) -> None:
+        match message:
+            case Ready(info):
+                if not ready.done():
+                    ready.set_result(info)
+            case LoadFailed(text):
+                if not ready.done():
+                    ready.set_exception(ModelLoadError(text))
+            case Progress(batch_id, step, total, previews):
+                pending = self._pending.get(batch_id)
+                if pending is None or pending.on_progress is None:
+                    return
+                for index, job_id in enumerate(pending.job_ids):
                     try:
                         if index in previews:
-                            entry[2](job_id, step, total, preview=previews[index])
-                        else:
-                            entry[2](job_id, step, total)
+                            pending.on_progress(job_id, step, total, preview=previews[index])
+                        else:  # callers that take no previews need not accept the keyword
+                            pending.on_progress(job_id, step, total)
                     except Exception:
                         log.exception("Progress callback failed")
-        elif kind in ("result", "failed"):
-            entry = self._pending.pop(message[1], None)
-            if entry is None or entry[0].done():
-                return
-            if kind == "result":
-                self.stats.update({k: v for k, v in message[3].items() if v is not None})
-                entry[0].set_result(message[2])
-            else:
-                entry[0].set_exception(RuntimeError(message[2]))
+            case BatchDone(batch_id, results, stats):
+                done = self._pending.pop(batch_id, None)
+                if done is not None and not done.future.done():
+                    self.stats.update({k: v for k, v in stats.items() if v is not None})
+                    done.future.set_result(results)
+            case BatchFailed(batch_id, error):
+                failed = self._pending.pop(batch_id, None)
+                if failed is not None and not failed.future.done():
+                    failed.future.set_exception(RuntimeError(error))
 
-    def _on_exit(self, ready: asyncio.Future) -> None:
+    def _on_exit(self, ready: asyncio.Future[dict[str, Any]]) -> None:
         if not ready.done():
             ready.set_exception(
                 ModelLoadError("The worker process exited while loading the model.")
@@ -276,9 +346,9 @@ class Worker:
         if ready is not self._ready:
             return  # an old process's reader, already replaced
         pending, self._pending = self._pending, {}
-        for future, _, _ in pending.values():
-            if not future.done():
-                future.set_exception(WorkerCrashed("The worker process died."))
+        for entry in pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(WorkerCrashed("The worker process died."))
 
     async def run(
         self, batch: list[GenerationRequest], on_progress: JobProgress | None = None
@@ -314,18 +384,21 @@ class Worker:
                 GenerationResult(job_id=r.job_id, error=CRASHED_TWICE, attempts=2) for r in batch
             ]
 
-    async def _run_once(self, batch, on_progress) -> list[GenerationResult]:
+    async def _run_once(
+        self, batch: list[GenerationRequest], on_progress: JobProgress | None
+    ) -> list[GenerationResult]:
         # A job cancelled before a retry is not run again.
         cancelled_now = [r for r in batch if r.job_id in self._cancelled]
         if cancelled_now and len(cancelled_now) == len(batch):
             return [GenerationResult(job_id=r.job_id, cancelled=True) for r in batch]
+        assert self._loop is not None and self._inbox is not None
         batch_id = next(self._ids)
-        future = self._loop.create_future()
-        self._pending[batch_id] = (future, [r.job_id for r in batch], on_progress)
+        future: asyncio.Future[list[GenerationResult]] = self._loop.create_future()
+        self._pending[batch_id] = _Pending(future, [r.job_id for r in batch], on_progress)
         try:
-            self._inbox.send(("run", batch_id, batch))
+            self._inbox.send(RunBatch(batch_id, batch))
             for request in cancelled_now:
-                self._inbox.send(("cancel", request.job_id))
+                self._inbox.send(CancelJob(request.job_id))
         except (BrokenPipeError, OSError):
             self._pending.pop(batch_id, None)
             raise WorkerCrashed("The worker process is gone.") from None
@@ -336,7 +409,7 @@ class Worker:
         self._cancelled.add(job_id)
         if self._inbox is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
-                self._inbox.send(("cancel", job_id))
+                self._inbox.send(CancelJob(job_id))
 
     async def _restart(self) -> None:
         if self._stopping:
@@ -364,7 +437,8 @@ class Worker:
         process = self._process
         if process is None:
             return
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self._inbox.send(("stop",))
+        if self._inbox is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._inbox.send(Stop())
         await asyncio.to_thread(process.join, 10)
         await self._kill()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import render
-from bot.errors import UserError, reply
-
-if TYPE_CHECKING:
-    from bot.client import EaselBot
+from bot.domain import Status
+from bot.text import clip, quote
+from bot.ui import render
+from bot.ui.client import EaselBot
+from bot.ui.errors import reply
 
 
 class Queue(commands.Cog):
@@ -33,9 +31,9 @@ class Queue(commands.Cog):
             lines.append("You have no jobs in the queue. Start one with /imagine.")
         shown = 15  # keeps the answer inside Discord's 2000 characters
         for job in mine[:shown]:
-            where = "running" if job.status == "running" else f"position {job.position}"
+            where = "running" if job.status == Status.RUNNING else f"position {job.position}"
             lines.append(
-                f"• **#{job.gen_id}** `{render.clip(render.quote(job.request.prompt), 60)}`"
+                f"• **#{job.gen_id}** `{clip(quote(job.request.prompt), 60)}`"
                 f" — {where}, ready in about {render.fmt_seconds(job.eta_seconds)}"
             )
         if len(mine) > shown:
@@ -47,20 +45,15 @@ class Queue(commands.Cog):
     async def cancel(
         self, interaction: discord.Interaction, generation: app_commands.Range[int, 1] | None = None
     ) -> None:
-        scheduler = self.bot.scheduler
+        jobs = self.bot.services.jobs
         if generation is not None:
-            gen = await self.bot.store.get(generation)
-            if gen is None or gen.user_id != interaction.user.id:
-                raise UserError(f"#{generation} is not one of your jobs.")
-            if not await scheduler.cancel(generation, user_id=interaction.user.id):
-                raise UserError(f"#{generation} is no longer waiting or running.")
+            await jobs.cancel(interaction.user.id, generation)
             await reply(interaction, f"Cancelled #{generation}.")
             return
-        cancelled = await scheduler.cancel_user(interaction.user.id)
-        if not cancelled:
-            raise UserError("You have no jobs waiting or running.")
+        cancelled = await jobs.cancel_all(interaction.user.id)
         await reply(interaction, "Cancelled " + ", ".join(f"#{i}" for i in cancelled) + ".")
 
 
-async def setup(bot: EaselBot) -> None:
+async def setup(bot: commands.Bot) -> None:
+    assert isinstance(bot, EaselBot)
     await bot.add_cog(Queue(bot))

@@ -6,10 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bot.__main__ import build_scheduler
-from bot.client import EaselBot
+from bot.__main__ import build_bot
+from bot.db import Database, Repositories
 from bot.settings import load_settings
-from bot.store import Store
+from bot.ui.client import EaselBot
 from inference.worker import Worker
 from tests.fakediscord import FakeDiscord, running_bot
 
@@ -36,9 +36,8 @@ async def running_easel(
 ) -> AsyncIterator[EaselBot]:
     """The bot as `python -m bot` builds it, but sharing an already started worker."""
     settings = easel_settings(fd, data_dir, model, **env)
-    async with Store.open(settings.database_path, images_dir=settings.images_dir) as store:
-        scheduler = build_scheduler(settings, store, worker)
-        bot = EaselBot(settings, store, worker, scheduler)
+    async with Database.open(settings.database_path) as db:
+        bot = build_bot(settings, Repositories.on(db, images_dir=settings.images_dir), worker)
         async with running_bot(bot, fd):
             yield bot
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.domain import UserError
 from bot.durations import DurationError, describe_duration, parse_duration, parse_since
-from bot.errors import UserError
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 

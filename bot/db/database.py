@@ -1,0 +1,327 @@
+"""The SQLite database: one aiosqlite connection (the single writer), transactions, migrations.
+
+`<data>/easel.sqlite3` in WAL mode with `busy_timeout` and foreign keys on. The schema lives in
+numbered files `bot/db/migrations/NNN_name.sql`, applied in one transaction; the version is
+`PRAGMA user_version`. A database newer than this code is refused with `SchemaTooNewError`.
+Times are UTC: stored as Unix seconds, handed out as aware `datetime`s.
+
+The repositories (one module per table family beside this one) share a `Database`:
+
+    async with Database.open(settings.database_path) as db:
+        repos = Repositories.on(db, images_dir=settings.images_dir)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class StoreError(RuntimeError):
+    """The data layer cannot do what was asked; the message says why in one sentence."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer Easel than this one."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Times
+
+
+def to_datetime(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def required_datetime(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def to_timestamp(value: datetime | float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise StoreError("Times given to the store must be timezone-aware (use UTC).")
+        return value.timestamp()
+    return float(value)
+
+
+def iso(value: datetime | None) -> str:
+    return "" if value is None else value.isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# Migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The numbered migrations shipped in `bot/db/migrations/`, checked to be 1, 2, 3, …"""
+    folder = resources.files("bot.db").joinpath("migrations")
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise StoreError(
+                f"Migration files must be numbered 001, 002, … without gaps; found "
+                f"{migration.version:03d}_{migration.name}.sql where {expected:03d} was expected."
+            )
+    if not found:
+        raise StoreError("No migrations found in bot/db/migrations/.")
+    return found
+
+
+def latest_version() -> int:
+    """The schema version this code writes."""
+    return len(load_migrations())
+
+
+def _only_comments(text: str) -> bool:
+    return all(line.strip().startswith("--") or not line.strip() for line in text.splitlines())
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a migration script into complete statements (trigger bodies stay whole)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            if statement and not _only_comments(statement):
+                statements.append(statement)
+            buffer = ""
+    if buffer.strip() and not _only_comments(buffer):
+        raise StoreError("A migration ends with an incomplete SQL statement.")
+    return statements
+
+
+async def _scalar(conn: aiosqlite.Connection, sql: str) -> Any:
+    async with conn.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+async def migrate(conn: aiosqlite.Connection, *, target: int | None = None) -> tuple[int, int]:
+    """Bring the schema to `target` (default: the latest) in one transaction.
+
+    Returns (version before, version after). The connection must be in autocommit mode
+    (`isolation_level=None`). Raises `SchemaTooNewError` for a database newer than the code.
+    Foreign keys are off while migrations run (a table rebuild must not cascade) and checked
+    before the commit.
+    """
+    migrations = load_migrations()
+    latest = len(migrations)
+    target = latest if target is None else target
+    if not 0 <= target <= latest:
+        raise StoreError(f"Cannot migrate to version {target}; this code knows 0 to {latest}.")
+    foreign_keys = bool(await _scalar(conn, "PRAGMA foreign_keys"))
+    await conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(await _scalar(conn, "PRAGMA user_version"))
+            if current > latest:
+                raise SchemaTooNewError(
+                    f"The database has schema version {current}, but this Easel only knows "
+                    f"versions up to {latest}; upgrade Easel (or restore a backup made by this "
+                    "version)."
+                )
+            for migration in migrations[current:target]:
+                for statement in split_statements(migration.sql):
+                    await conn.execute(statement)
+            if target > current:
+                async with conn.execute("PRAGMA foreign_key_check") as cursor:
+                    broken = await cursor.fetchone()
+                if broken is not None:
+                    raise StoreError(
+                        f"A migration left a broken reference in table {broken[0]}; the "
+                        "database was not changed."
+                    )
+                await conn.execute(f"PRAGMA user_version = {int(target)}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            raise
+    finally:
+        await conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+    if target > current:
+        log.info("Database schema migrated from version %d to %d", current, target)
+    return current, max(current, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The database
+
+
+class Database:
+    """One aiosqlite connection (the single writer) shared by the repositories."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._conn = conn
+        self.path = path
+        self.clock = clock
+        # One statement or transaction at a time on the shared connection.
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "FULL",
+    ) -> AsyncIterator[Database]:
+        """`async with Database.open(path) as db:` — created and migrated as needed.
+
+        `synchronous` is FULL by default so an accepted job survives a power cut, not only a
+        crash of the bot; NORMAL is faster and still safe against a crash of the process.
+        """
+        db = await cls.connect(
+            path, clock=clock, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous
+        )
+        try:
+            yield db
+        finally:
+            await db.close()
+
+    @classmethod
+    async def connect(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "FULL",
+    ) -> Database:
+        """Open without a context manager (close it with `await db.close()`)."""
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise StoreError(f"Unknown synchronous mode {synchronous!r}.")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = await _scalar(conn, "PRAGMA journal_mode = WAL")
+            if str(mode).lower() != "wal":
+                log.warning("SQLite journal mode is %s, not WAL", mode)
+            await conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await migrate(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, path, clock=clock)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            with contextlib.suppress(Exception):
+                await self._conn.execute("PRAGMA optimize")
+            await self._conn.close()
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return float(self.clock())
+
+    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._lock, self._conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        async with self._lock, self._conn.execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """The first column of the first row of a COUNT(*) query."""
+        row = await self.one(sql, params)
+        return 0 if row is None else int(row[0])
+
+    async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement in its own (implicit) transaction; returns the rows changed."""
+        async with self._lock, self._conn.execute(sql, params) as cursor:
+            return int(cursor.rowcount)
+
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One INSERT; returns the new row's id."""
+        async with self._lock, self._conn.execute(sql, params) as cursor:
+            return int(cursor.lastrowid or 0)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """`async with db.transaction() as conn:` — BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def pragma(self, name: str) -> Any:
+        """Read a PRAGMA (e.g. 'journal_mode', 'foreign_keys', 'user_version')."""
+        if not re.fullmatch(r"[a-z_]+", name):
+            raise StoreError(f"Not a pragma name: {name!r}.")
+        row = await self.one(f"PRAGMA {name}")
+        return None if row is None else row[0]
+
+    async def schema_version(self) -> int:
+        return int(await self.pragma("user_version"))
+
+
+def chunks(ids: Sequence[int], size: int = 500) -> Generator[list[int], None, None]:
+    """Ids in slices small enough for one `IN (?, ?, …)` (SQLite limits bound parameters)."""
+    for start in range(0, len(ids), size):
+        yield [int(i) for i in ids[start : start + size]]
+
+
+def marks(values: Sequence[Any]) -> str:
+    """`?, ?, ?` for an `IN (…)` clause."""
+    return ",".join("?" * len(values))

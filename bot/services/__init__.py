@@ -1,0 +1,49 @@
+"""The rules of the service, free of Discord: admission, derivations, visibility, what
+members and moderators may do. Each service takes the settings and the repositories (and the
+scheduler, the word lists and the moderators' log where it needs them) in its constructor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.db import Repositories
+from bot.queue import Scheduler
+from bot.settings import Settings
+
+from .admission import Admission, Refused
+from .derive import Derivations, Derived
+from .jobs import Jobs
+from .moderation import Moderation
+from .modlog import ModLog
+from .words import WordLists
+
+
+@dataclass(frozen=True)
+class Services:
+    admission: Admission
+    derive: Derivations
+    jobs: Jobs
+    moderation: Moderation
+    words: WordLists
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        repos: Repositories,
+        scheduler: Scheduler,
+        modlog: ModLog,
+        native_size: Callable[[], int],
+    ) -> Services:
+        words = WordLists(repos, settings.moderation)
+        return cls(
+            admission=Admission(settings, repos, scheduler, words, modlog),
+            derive=Derivations(settings, repos, native_size),
+            jobs=Jobs(repos, scheduler, modlog),
+            moderation=Moderation(settings, repos, scheduler, words, modlog),
+            words=words,
+        )
+
+
+__all__ = ["Derived", "ModLog", "Refused", "Services"]

@@ -1,0 +1,149 @@
+"""Test doubles for the queue: requests, a worker that answers when told, a listener that
+records every event."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.db import Repositories
+from bot.queue import FairQueue, QueueEntry, QuietListener, Scheduler
+from bot.services.admission import Admission
+from bot.services.modlog import NoModLog
+from bot.services.words import WordLists
+from bot.settings import ModerationSettings, QueueSettings, Settings
+from inference.request import GeneratedImage, GenerationRequest, GenerationResult
+
+
+def req(prompt: str = "a fox", **overrides) -> GenerationRequest:
+    values = dict(prompt=prompt, width=64, height=64, steps=4, seed=1)
+    values.update(overrides)
+    return GenerationRequest(**values)
+
+
+def entry(gen_id: int, user_id: int, cost: int = 100, key: object = "k") -> QueueEntry:
+    request = req(job_id=str(gen_id))
+    return QueueEntry(gen_id, user_id, request, cost, (key,))
+
+
+def ok_result(request: GenerationRequest) -> GenerationResult:
+    seeds = request.image_seeds()
+    images = [
+        GeneratedImage(
+            png=b"\x89PNG" + request.job_id.encode() + bytes([i]),
+            seed=seed,
+            index=i,
+            width=request.width,
+            height=request.height,
+        )
+        for i, seed in enumerate(seeds)
+    ]
+    return GenerationResult(job_id=request.job_id, images=images, timings={"inference": 0.01})
+
+
+class FakeWorker:
+    """Answers at once (or when released, with `manual=True`); honours cancel like the real one."""
+
+    def __init__(self, *, manual: bool = False, on_batch=None):
+        self.manual = manual
+        self.on_batch = on_batch
+        self.calls: list[list[GenerationRequest]] = []
+        self.cancelled: set[str] = set()
+        self.pending: tuple[list[GenerationRequest], asyncio.Future] | None = None
+        self.fail_with: Exception | None = None
+        self.drop_last = False
+        self.arrived = asyncio.Event()
+
+    async def run(self, batch, on_progress=None):
+        self.calls.append(list(batch))
+        if self.on_batch is not None:
+            self.on_batch(batch)
+        if on_progress is not None:
+            for step in (1, 2):
+                for request in batch:
+                    on_progress(request.job_id, step, 2)
+        outcome = "ok"
+        if self.manual:
+            future = asyncio.get_running_loop().create_future()
+            self.pending = (list(batch), future)
+            self.arrived.set()
+            try:
+                outcome = await future
+            finally:
+                self.pending = None
+        else:
+            await asyncio.sleep(0)
+        if self.fail_with is not None or outcome == "raise":
+            raise self.fail_with or RuntimeError("CUDA error: an illegal memory access")
+        results = []
+        for request in batch:
+            if request.job_id in self.cancelled or outcome == "cancel":
+                results.append(GenerationResult(job_id=request.job_id, cancelled=True))
+            elif outcome == "error":
+                results.append(GenerationResult(job_id=request.job_id, error="The worker crashed."))
+            else:
+                results.append(ok_result(request))
+        if self.drop_last or outcome == "partial":
+            results = results[:-1]
+        return results
+
+    def cancel(self, job_id: str) -> None:
+        self.cancelled.add(job_id)
+
+    async def wait_pending(self, *, not_job: str | None = None) -> list[GenerationRequest]:
+        """Wait until a batch is held (one without job `not_job`); return it."""
+        while self.pending is None or not_job in {r.job_id for r in self.pending[0]}:
+            self.arrived.clear()
+            await self.arrived.wait()
+        return self.pending[0]
+
+    def release(self, outcome: str = "ok") -> None:
+        assert self.pending is not None
+        self.pending[1].set_result(outcome)
+
+
+class Recorder(QuietListener):
+    """A listener that records every event, and checks the database recorded the change first."""
+
+    def __init__(self, repos: Repositories | None = None):
+        self.repos = repos
+        self.events: list[tuple] = []
+
+    async def on_queued(self, gen):
+        self.events.append(("queued", gen.id))
+
+    async def on_started(self, gen):
+        self.events.append(("started", gen.id))
+
+    async def on_progress(self, gen_id, step, total):
+        self.events.append(("progress", gen_id, step, total))
+
+    async def on_finished(self, gen, result):
+        if self.repos is not None:
+            stored = await self.repos.generations.get(gen.id)
+            assert stored.status == gen.status and stored.is_final
+        self.events.append(("finished", gen.id, gen.status))
+
+    def of(self, kind: str) -> list:
+        return [e for e in self.events if e[0] == kind]
+
+
+def admission_for(
+    repos: Repositories,
+    scheduler: Scheduler,
+    *,
+    max_waiting_per_user: int = 0,
+    daily_quota: int = 0,
+) -> Admission:
+    """Admission in front of `scheduler`, with these caps (0 = none)."""
+    settings = Settings(
+        queue=QueueSettings(max_waiting_per_user=max_waiting_per_user, daily_quota=daily_quota)
+    )
+    words = WordLists(repos, ModerationSettings())
+    return Admission(settings, repos, scheduler, words, NoModLog())
+
+
+def drain(queue: FairQueue, max_size: int = 1) -> list[list[int]]:
+    batches = []
+    while queue:
+        batches.append([e.gen_id for e in queue.pop_batch(max_size)])
+    return batches
