@@ -25,8 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.scheduler import FairQueue, QueueEntry, Scheduler
-from bot.store import Store, load_migrations, split_statements
+from bot.db import Database, Repositories
+from bot.db.database import load_migrations, split_statements
+from bot.domain import JobOrigin
+from bot.queue import FairQueue, QueueEntry, Scheduler
 from inference.request import GenerationRequest
 
 SIZES = [(512, 512), (512, 768), (768, 512)]
@@ -114,21 +116,22 @@ async def bench_submit(folder: Path, waiting: int) -> None:
     print(f"Scheduler.submit (durable: SQLite row + queue), {waiting} waiting:")
     for sync in ("FULL", "NORMAL"):
         path = folder / f"submit-{sync}.sqlite3"
-        async with Store.open(path, synchronous=sync) as store:
-            scheduler = Scheduler(store, NoWorker())
+        async with Database.open(path, synchronous=sync) as db:
+            repos = Repositories.on(db)
+            scheduler = Scheduler(repos, NoWorker())
             requests = [make_request(rng) for _ in range(waiting + 500)]
             start = time.perf_counter()
             for i, request in enumerate(requests[:waiting]):
-                await scheduler.submit(request, user_id=i % 30, guild_id=1, channel_id=2)
+                await scheduler.submit(request, JobOrigin(user_id=i % 30, guild_id=1, channel_id=2))
             fill = time.perf_counter() - start
             start = time.perf_counter()
             for i, request in enumerate(requests[waiting:]):
-                await scheduler.submit(request, user_id=i % 30, guild_id=1, channel_id=2)
+                await scheduler.submit(request, JobOrigin(user_id=i % 30, guild_id=1, channel_id=2))
             more = time.perf_counter() - start
             start = time.perf_counter()
             for _ in range(200):
                 batch = scheduler.queue.pop_batch(4)
-                await store.mark_running([e.gen_id for e in batch])
+                await repos.generations.mark_running([e.gen_id for e in batch])
             dequeue = time.perf_counter() - start
             print(
                 f"  synchronous={sync:6s} submit {per_job_us(fill, waiting)} (filling), "
@@ -145,11 +148,14 @@ async def bench_inserts(folder: Path) -> None:
     n = 2000
     print("Inserts into the log (one transaction per request):")
     for sync in ("FULL", "NORMAL"):
-        async with Store.open(folder / f"inserts-{sync}.sqlite3", synchronous=sync) as store:
+        async with Database.open(folder / f"inserts-{sync}.sqlite3", synchronous=sync) as db:
+            repos = Repositories.on(db)
             requests = [make_request(rng) for _ in range(n)]
             start = time.perf_counter()
             for i, request in enumerate(requests):
-                await store.create_generation(request, user_id=i % 30, guild_id=1, channel_id=2)
+                await repos.generations.create(
+                    request, JobOrigin(user_id=i % 30, guild_id=1, channel_id=2)
+                )
             elapsed = time.perf_counter() - start
             print(f"  synchronous={sync:6s} {n / elapsed:9.0f} requests/s")
 
@@ -257,34 +263,37 @@ async def bench_pages(folder: Path, rows: int) -> None:
     size_mb = path.stat().st_size / 2**20
     print(f"Pages with {rows} rows ({size_mb:.0f} MB, built in {built:.1f} s with executemany):")
     rng = random.Random(5)
-    async with Store.open(path, images_dir=folder / "images") as store:
+    async with Database.open(path) as db:
+        repos = Repositories.on(db, images_dir=folder / "images")
         since = time.time() - 7 * 86400
         cases = {
-            "history page 1 (10 rows)": lambda i: store.history(rng.randrange(300), limit=10),
-            "history page 20 (offset 190)": lambda i: store.history(
+            "history page 1 (10 rows)": lambda i: repos.history.history(
+                rng.randrange(300), limit=10
+            ),
+            "history page 20 (offset 190)": lambda i: repos.history.history(
                 rng.randrange(300), limit=10, offset=190
             ),
-            "log: guild, newest 20": lambda i: store.moderation_log(guild_id=1 + i % 3),
-            "log: guild + user + contains": lambda i: store.moderation_log(
+            "log: guild, newest 20": lambda i: repos.history.moderation_log(guild_id=1 + i % 3),
+            "log: guild + user + contains": lambda i: repos.history.moderation_log(
                 guild_id=1 + i % 3, user_id=rng.randrange(300), contains=rng.choice(WORDS)
             ),
-            "log: guild + contains (common)": lambda i: store.moderation_log(
+            "log: guild + contains (common)": lambda i: repos.history.moderation_log(
                 guild_id=1 + i % 3, contains=rng.choice(WORDS)
             ),
-            "log: guild + contains (absent)": lambda i: store.moderation_log(
+            "log: guild + contains (absent)": lambda i: repos.history.moderation_log(
                 guild_id=1 + i % 3, contains="zebra"
             ),
-            "log: guild + status blocked": lambda i: store.moderation_log(
+            "log: guild + status blocked": lambda i: repos.history.moderation_log(
                 guild_id=1 + i % 3, status="blocked"
             ),
-            "log: guild + flagged": lambda i: store.moderation_log(
+            "log: guild + flagged": lambda i: repos.history.moderation_log(
                 guild_id=1 + i % 3, flagged=True
             ),
-            "log: guild + since 7 days + page 5": lambda i: store.moderation_log(
+            "log: guild + since 7 days + page 5": lambda i: repos.history.moderation_log(
                 guild_id=1 + i % 3, since=since, offset=80
             ),
-            "review queue (oldest 20)": lambda i: store.review_queue(guild_id=1 + i % 3),
-            "daily quota count": lambda i: store.count_today(rng.randrange(300)),
+            "review queue (oldest 20)": lambda i: repos.review.queue(guild_id=1 + i % 3),
+            "daily quota count": lambda i: repos.generations.count_today(rng.randrange(300)),
         }
         for name, call in cases.items():
             repeats = 5 if "absent" in name else 30

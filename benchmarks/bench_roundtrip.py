@@ -36,7 +36,7 @@ async def one_job(fd, member, bot, prompt: str) -> tuple[float, float, float]:
         timeout=60,
     )
     total = time.perf_counter() - started
-    gen = await bot.store.get(gen_id)
+    gen = await bot.repos.generations.get(gen_id)
     return total, first.elapsed, gen.timings.get("batch", gen.inference_seconds or 0.0)
 
 

@@ -47,11 +47,11 @@ class SettingsError(ValueError):
     """One line naming the bad key and what it may be."""
 
 
-def _choice(*allowed: str):
+def _choice(*allowed: str) -> dict[str, Any]:
     return {"choices": allowed}
 
 
-def _range(low: float | None = None, high: float | None = None):
+def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
     return {"low": low, "high": high}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 PRESETS = ("tiny", "sd15")
 
@@ -35,7 +36,9 @@ def _byte_level_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
-def build_dummy_pipeline(preset: str = "tiny", *, always_flag: bool = False, seed: int = 0):
+def build_dummy_pipeline(
+    preset: str = "tiny", *, always_flag: bool = False, seed: int = 0
+) -> Any:  # a diffusers StableDiffusionPipeline
     """A `StableDiffusionPipeline` with random weights of the given architecture."""
     import tempfile
 

@@ -11,11 +11,20 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .request import GeneratedImage, GenerationRequest, GenerationResult, RequestError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+    from PIL.Image import Image
+
+    # A decoded image: (H, W, 3) floats in [0, 1]; None where out-of-memory left a hole.
+    Pixels = npt.NDArray[np.float32]
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +107,18 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def resolve_dtype(name: str, device: str):
+def resolve_dtype(name: str, device: str) -> torch.dtype:
     import torch
 
     if name not in DTYPES:
         raise ModelLoadError(f"Unknown dtype {name!r}; use one of: {', '.join(DTYPES)}.")
     if name == "auto":
         return torch.float16 if device in ("cuda", "mps") else torch.float32
-    return getattr(torch, name)
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
 
 
-def png_with_recipe(image, recipe: dict[str, Any]) -> bytes:
+def png_with_recipe(image: Image, recipe: dict[str, Any]) -> bytes:
     """Encode a PIL image as PNG with the recipe in text chunks.
 
     `parameters` is the line format other Stable Diffusion tools read; `easel` is JSON.
@@ -148,7 +158,8 @@ def read_png_recipe(png: bytes) -> dict[str, Any]:
 
     with Image.open(io.BytesIO(png)) as image:
         text = image.text.get("easel") if hasattr(image, "text") else None
-    return json.loads(text) if text else {}
+    recipe: dict[str, Any] = json.loads(text) if text else {}
+    return recipe
 
 
 class Engine:
@@ -157,12 +168,14 @@ class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.device = "cpu"
-        self.dtype = None
-        self.pipe = None
-        self._img2img = None
-        self._upscaler = None
-        self.safety_checker = None
-        self.feature_extractor = None
+        self.dtype: torch.dtype | None = None
+        # diffusers pipelines are dynamic objects (components by name): typed as Any.
+        self.pipe: Any = None
+        self._img2img: Any = None
+        self._upscaler: Any = None
+        self.safety_checker: Any = None
+        self.feature_extractor: Any = None
+        self._base_scheduler_config: Any = None
         self.load_seconds = 0.0
         self._oom_injections = int(config.extra.get("fail_oom_above", 0))
         self._on_preview: PreviewCallback | None = None
@@ -278,13 +291,18 @@ class Engine:
         """
         self._on_preview = on_preview if self.config.preview_interval > 0 else None
         self._last_preview = 0.0
-        self._preview_blocked: set[int] = set()
+        self._preview_blocked = set()
         try:
             return self._run(batch, on_progress, cancelled)
         finally:
             self._on_preview = None
 
-    def _run(self, batch, on_progress, cancelled) -> list[GenerationResult]:
+    def _run(
+        self,
+        batch: list[GenerationRequest],
+        on_progress: ProgressCallback | None,
+        cancelled: CancelCheck | None,
+    ) -> list[GenerationResult]:
         if self.pipe is None:
             raise RuntimeError("Engine.load() must be called first.")
         if not batch:
@@ -302,7 +320,7 @@ class Engine:
             for request in requests
         ]
         job_ids = {request.job_id for request in requests}
-        cancelled = cancelled or (lambda: ())
+        is_cancelled: CancelCheck = cancelled or (lambda: ())
         slots = [
             _Slot(i, k, request.prompt, request.negative, seed)
             for i, request in enumerate(requests)
@@ -310,13 +328,13 @@ class Engine:
         ]
         started = time.perf_counter()
         try:
-            images = self._run_slots(requests[0], slots, on_progress, job_ids, cancelled)
+            images = self._run_slots(requests[0], slots, on_progress, job_ids, is_cancelled)
         except JobCancelled:
             for result in results:
                 result.cancelled = True
             return results
         elapsed = time.perf_counter() - started
-        stopped = set(cancelled())
+        stopped = set(is_cancelled())
         total_images = len(slots)
         for index, (result, request) in enumerate(zip(results, requests, strict=True)):
             mine = [
@@ -332,6 +350,7 @@ class Engine:
                 )
                 continue
             for slot, array, flag in mine:
+                assert array is not None  # out-of-memory holes were answered above
                 result.images.append(self._to_image(request, slot, array, flag))
             result.timings = {
                 "inference": elapsed * len(mine) / total_images,
@@ -339,7 +358,14 @@ class Engine:
             }
         return results
 
-    def _run_slots(self, template, slots, on_progress, job_ids, cancelled):
+    def _run_slots(
+        self,
+        template: GenerationRequest,
+        slots: list[_Slot],
+        on_progress: ProgressCallback | None,
+        job_ids: set[str],
+        cancelled: CancelCheck,
+    ) -> list[tuple[_Slot, Pixels | None, bool]]:
         """Run the slots in one call; on out-of-memory, split in halves and retry."""
         import torch
 
@@ -366,7 +392,14 @@ class Engine:
         flags = self._safety_flags(arrays)
         return list(zip(slots, arrays, flags, strict=True))
 
-    def _call_pipeline(self, template: GenerationRequest, slots, on_progress, job_ids, cancelled):
+    def _call_pipeline(
+        self,
+        template: GenerationRequest,
+        slots: list[_Slot],
+        on_progress: ProgressCallback | None,
+        job_ids: set[str],
+        cancelled: CancelCheck,
+    ) -> list[Pixels]:
         import torch
 
         if self._oom_injections and len(slots) > self._oom_injections:
@@ -377,7 +410,9 @@ class Engine:
         negatives = [slot.negative for slot in slots]
         total = template.steps
 
-        def step_end(pipe, step, timestep, callback_kwargs):
+        def step_end(
+            pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
             if job_ids and job_ids <= set(cancelled()):
                 raise JobCancelled()
             self._maybe_preview(slots, callback_kwargs.get("latents"))
@@ -385,7 +420,7 @@ class Engine:
                 on_progress(step + 1, getattr(pipe, "num_timesteps", None) or total)
             return callback_kwargs
 
-        common = dict(
+        common: dict[str, Any] = dict(
             prompt=prompts,
             negative_prompt=negatives if any(negatives) else None,
             num_inference_steps=template.steps,
@@ -409,8 +444,10 @@ class Engine:
                 ).images
             return self._decode(latents)
 
-    def _maybe_preview(self, slots, latents) -> None:
+    def _maybe_preview(self, slots: list[_Slot], latents: torch.Tensor | None) -> None:
         """Send each request's first image as a cheap preview, at most once an interval."""
+        import numpy as np
+
         if self._on_preview is None or latents is None or latents.shape[1] != 4:
             return
         now = time.perf_counter()
@@ -425,25 +462,29 @@ class Engine:
             pixels = latent_preview_pixels(latents[position])
             # Previews are shown before the result: the safety checker sees them first, and
             # a job whose preview it flags shows no more previews.
-            if self._safety_flags([pixels.astype("float32") / 255.0])[0]:
+            if self._safety_flags([(pixels / 255.0).astype(np.float32)])[0]:
                 self._preview_blocked.add(slot.request_index)
                 continue
             self._on_preview(slot.request_index, _png(pixels))
 
-    def _scheduler(self, sampler: str):
+    def _scheduler(self, sampler: str) -> Any:
         from .samplers import make_scheduler
 
         return make_scheduler(sampler, self._base_scheduler_config)
 
-    def _init_image(self, request: GenerationRequest):
+    def _init_image(self, request: GenerationRequest) -> Image:
         from PIL import Image
 
+        if request.init_image is None:
+            raise RequestError(f"A {request.mode} request needs a source image.")
         image = Image.open(io.BytesIO(request.init_image)).convert("RGB")
         if image.size != (request.width, request.height):
             image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
         return image
 
-    def _latent_upscale(self, request, slots, generators):
+    def _latent_upscale(
+        self, request: GenerationRequest, slots: list[_Slot], generators: list[torch.Generator]
+    ) -> list[Pixels]:
         import numpy as np
 
         source = self._init_image(
@@ -467,7 +508,7 @@ class Engine:
             arrays.append(np.asarray(out.images[0], dtype=np.float32))
         return arrays
 
-    def _decode(self, latents):
+    def _decode(self, latents: torch.Tensor) -> list[Pixels]:
         """Latents to images in [0, 1] (N, H, W, 3); NaN/black fp16 decodes are redone in fp32."""
         import torch
 
@@ -495,10 +536,11 @@ class Engine:
         images = (decoded / 2 + 0.5).clamp(0, 1).nan_to_num(0.0)
         return list(images.permute(0, 2, 3, 1).cpu().numpy())
 
-    def _vae_decode(self, latents):
-        return self.pipe.vae.decode(latents, return_dict=False)[0]
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        decoded: torch.Tensor = self.pipe.vae.decode(latents, return_dict=False)[0]
+        return decoded
 
-    def _safety_flags(self, arrays) -> list[bool]:
+    def _safety_flags(self, arrays: Sequence[Pixels | None]) -> list[bool]:
         """Run the checkpoint's safety checker on decoded images, without blacking them out."""
         import numpy as np
         import torch
@@ -508,7 +550,7 @@ class Engine:
         present = [a for a in arrays if a is not None]
         if not present:
             return [False] * len(arrays)
-        from diffusers.utils import numpy_to_pil
+        from diffusers.utils.pil_utils import numpy_to_pil
 
         stack = np.stack(present)
         features = self.feature_extractor(numpy_to_pil(stack), return_tensors="pt")
@@ -520,7 +562,9 @@ class Engine:
         flags_iter = iter(bool(f) for f in flags)
         return [next(flags_iter) if a is not None else False for a in arrays]
 
-    def _to_image(self, request: GenerationRequest, slot: _Slot, array, flag: bool):
+    def _to_image(
+        self, request: GenerationRequest, slot: _Slot, array: Pixels, flag: bool
+    ) -> GeneratedImage:
         import numpy as np
         from PIL import Image
 
@@ -544,7 +588,7 @@ class Engine:
         )
 
 
-def latent_preview_pixels(latent):
+def latent_preview_pixels(latent: torch.Tensor) -> npt.NDArray[np.uint8]:
     """One image's latents (4, h, w) mapped linearly to RGB: uint8 (h', w', 3), longer side
     PREVIEW_SIDE."""
     import numpy as np
@@ -563,12 +607,12 @@ def latent_preview_pixels(latent):
     return np.asarray(image)
 
 
-def latent_preview(latent) -> bytes:
+def latent_preview(latent: torch.Tensor) -> bytes:
     """A small PNG from one image's latents (4, h, w), mapped linearly to RGB."""
     return _png(latent_preview_pixels(latent))
 
 
-def _png(pixels) -> bytes:
+def _png(pixels: npt.NDArray[np.uint8]) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()

@@ -427,8 +427,9 @@ class Worker:
             process.kill()
         await asyncio.to_thread(process.join, 10)
         for connection in (self._inbox, self._outbox):
-            with contextlib.suppress(Exception):
-                connection.close()
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.close()
         self._process = None
 
     async def stop(self) -> None:

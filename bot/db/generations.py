@@ -161,7 +161,8 @@ class GenerationRepository:
 
         Refused, failed, and cancelled-before-starting requests do not count.
         """
-        moment = required_datetime(self.db.now() if now is None else float(to_timestamp(now)))
+        stamp = to_timestamp(now)
+        moment = required_datetime(self.db.now() if stamp is None else stamp)
         midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         return await self.db.count(
             """

@@ -11,7 +11,7 @@ import dataclasses
 import heapq
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +176,7 @@ class FairQueue:
 
     # -- the fair order ------------------------------------------------------------------------
 
-    def _simulate(self) -> Iterator[tuple[QueueEntry, int]]:
+    def _simulate(self) -> Generator[tuple[QueueEntry, int], None, None]:
         """Yield (entry, round) in the order DRR would serve them, without changing anything."""
         q = self.quantum
         heap: list[tuple[int, int, int, int, _User]] = []

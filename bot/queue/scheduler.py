@@ -590,9 +590,6 @@ class Scheduler:
             log.exception("The worker failed on jobs %s", [r.job_id for r in requests])
             message = f"The image worker failed unexpectedly ({type(error).__name__}: {error})."
             return [GenerationResult(job_id=r.job_id, error=message) for r in requests]
-        if not isinstance(results, list):
-            log.error("The worker returned %r instead of a list of results", type(results))
-            return []
         return results
 
     def _on_progress(

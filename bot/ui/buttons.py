@@ -217,5 +217,8 @@ class RemixModal(discord.ui.Modal):
             interaction, self.gen_id, prompt=self.prompt.value, negative=self.negative.value
         )
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    # discord.py's Modal itself narrows BaseView.on_error to (interaction, error).
+    async def on_error(  # type: ignore[override]
+        self, interaction: discord.Interaction, error: Exception
+    ) -> None:
         await report(interaction, error)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import discord
@@ -42,7 +43,11 @@ async def reply(
         await interaction.response.send_message(content, ephemeral=ephemeral, **kwargs)
         return None
     if not interaction.is_expired():
-        return await interaction.followup.send(content, ephemeral=ephemeral, wait=True, **kwargs)
+        # discord.py's overloads cannot see through **kwargs; with wait=True it is a Message.
+        message: discord.Message = await interaction.followup.send(  # type: ignore[call-overload]
+            content, ephemeral=ephemeral, wait=True, **kwargs
+        )
+        return message
     channel = interaction.channel
     if ephemeral or not isinstance(channel, discord.abc.Messageable):
         return None  # nobody left to tell privately: the interaction is gone
@@ -87,7 +92,7 @@ async def report(interaction: discord.Interaction, error: BaseException) -> None
 def _where(interaction: discord.Interaction) -> str:
     if interaction.command is not None:
         return f"/{interaction.command.qualified_name}"
-    data = interaction.data or {}
+    data: Mapping[str, Any] = interaction.data or {}
     return str(data.get("custom_id", "an interaction"))
 
 

@@ -83,7 +83,7 @@ def build_command(
     """A slash command with these options; `handler(interaction, values)` gets the values given
     (left-out options are None)."""
 
-    async def callback(interaction: discord.Interaction, **values: Any) -> None:
+    async def callback(interaction: discord.Interaction, /, **values: Any) -> None:
         await handler(interaction, values)
 
     parameters = [

@@ -90,13 +90,14 @@ def recipe_embed(
 def fit_embed(embed: discord.Embed, limit: int = 6000) -> discord.Embed:
     """Shorten the longest field until the embed fits Discord's total size."""
     while len(embed) > limit and embed.fields:
-        index, field = max(enumerate(embed.fields), key=lambda pair: len(pair[1].value))
-        if len(field.value) <= 64:
+        index, field = max(enumerate(embed.fields), key=lambda pair: len(pair[1].value or ""))
+        value = field.value or ""
+        if len(value) <= 64:
             break
         embed.set_field_at(
             index,
             name=field.name,
-            value=clip(field.value, len(field.value) // 2),
+            value=clip(value, len(value) // 2),
             inline=field.inline,
         )
     if len(embed) > limit and embed.description:

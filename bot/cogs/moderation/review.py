@@ -299,5 +299,8 @@ class BanModal(discord.ui.Modal):
             self.reason.value,
         )
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    # discord.py's Modal itself narrows BaseView.on_error to (interaction, error).
+    async def on_error(  # type: ignore[override]
+        self, interaction: discord.Interaction, error: Exception
+    ) -> None:
         await report(interaction, error)

@@ -1,0 +1,1 @@
+"""The Discord layer: the client, error handling, rendering, delivery, buttons, paging."""
