@@ -156,21 +156,41 @@ class ExportRepository:
 # Spreadsheet programs run a cell that starts with one of these as a formula.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
+# Discord's ids (19-digit snowflakes): a spreadsheet reads a bare one as a number and keeps only
+# 15 digits. Written as the text formula `="…"`, Excel, LibreOffice and Google Sheets all show
+# the exact digits as text.
+SNOWFLAKE_COLUMNS: frozenset[str] = frozenset(
+    {"user_id", "guild_id", "channel_id", "message_id", "deleted_by"}
+)
 
-def _cell(value: Any) -> Any:
+
+def id_text(value: int) -> str:
+    """An id as a cell every spreadsheet keeps as text, digit for digit."""
+    return f'="{int(value)}"'
+
+
+def _cell(column: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if column in SNOWFLAKE_COLUMNS and isinstance(value, int):
+        return id_text(value)
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
-    return "" if value is None else value
+    return value
 
 
 def csv_bytes(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> tuple[bytes, int]:
-    """The rows as CSV (UTF-8 with a byte-order mark, so spreadsheets read accents); cells that
-    a spreadsheet would run as a formula get a leading apostrophe. Returns (bytes, row count)."""
+    """The rows as CSV (UTF-8 with a byte-order mark, so spreadsheets read accents); Discord ids
+    as text (`id_text`); cells that a spreadsheet would run as a formula get a leading
+    apostrophe. Text is quoted and numbers are not, so a reader that types unquoted fields
+    (`csv.QUOTE_NONNUMERIC`) keeps every text cell a string. Returns (bytes, row count)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), extrasaction="ignore", quoting=csv.QUOTE_NONNUMERIC
+    )
     writer.writeheader()
     count = 0
     for row in rows:
-        writer.writerow({key: _cell(value) for key, value in row.items()})
+        writer.writerow({key: _cell(key, value) for key, value in row.items()})
         count += 1
     return ("\ufeff" + out.getvalue()).encode("utf-8"), count

@@ -429,7 +429,7 @@ async def test_export_is_a_csv_with_one_row_per_image(world):
     assert [r["image_seed"] for r in cats] == ["42", "43"]
     assert cats[0]["prompt"] == '\'=HYPERLINK("http://x") two cats'  # not a formula
     assert cats[0]["status"] == "done" and cats[0]["image_flagged"] == "1"
-    assert cats[0]["image_review"] == "pending" and cats[0]["user_id"] == str(w.student.id)
+    assert cats[0]["image_review"] == "pending" and cats[0]["user_id"] == f'="{w.student.id}"'
     (owl,) = by_gen[str(one)]
     assert owl["steps"] == "3" and owl["prompt"] == "one owl" and owl["image_file"]
     (gore,) = [r for r in rows if r["status"] == "blocked"]

@@ -16,7 +16,7 @@ import pytest
 from bot.db import Database, Repositories, SchemaTooNewError, StoreError
 from bot.db import database as database_module
 from bot.db.database import Migration, latest_version, load_migrations, migrate
-from bot.db.export import EXPORT_COLUMNS
+from bot.db.export import EXPORT_COLUMNS, SNOWFLAKE_COLUMNS, csv_bytes
 from bot.domain import JobOrigin, RefusalReason
 from inference.request import GeneratedImage, GenerationRequest, GenerationResult
 
@@ -607,6 +607,49 @@ async def test_export_has_one_row_per_image(repos, clock):
     writer.writerows(rows)
     parsed = list(csv.DictReader(io.StringIO(buffer.getvalue())))
     assert len(parsed) == 3 and parsed[0]["prompt"] == "a watercolor fox"
+
+
+async def test_export_writes_discord_ids_as_text_that_reads_back_exactly(repos):
+    """Snowflakes survive a reader that turns bare numbers into floats (as spreadsheets do):
+    read back with the csv module's number typing, every id is a string with all 19 digits."""
+    user, guild, channel, message, deleter = (
+        1234567890123456789,
+        987654321098765432,
+        1111111111111111111,
+        1357924680135792468,
+        1999999999999999999,
+    )
+    gen = await finished(repos, user, guild_id=guild, channel_id=channel)
+    await repos.generations.mark_delivered(gen.id, channel_id=channel, message_id=message)
+    await repos.generations.mark_deleted(gen.id, by=deleter)
+    refused = await repos.generations.log_refusal(
+        req(prompt="=1+1"), JobOrigin(user_id=user, guild_id=guild), reason="paused", message="x"
+    )
+    data, count = csv_bytes(await repos.export.export_rows(guild_id=guild), EXPORT_COLUMNS)
+    assert count == 2
+    # QUOTE_NONNUMERIC reads an unquoted field as a float, as a spreadsheet reads a bare number.
+    reader = csv.reader(
+        io.StringIO(data.decode("utf-8-sig"), newline=""), quoting=csv.QUOTE_NONNUMERIC
+    )
+    header, *rows = list(reader)
+    assert tuple(header) == EXPORT_COLUMNS
+    expected = {
+        "user_id": user,
+        "guild_id": guild,
+        "channel_id": channel,
+        "message_id": message,
+        "deleted_by": deleter,
+    }
+    assert set(expected) == SNOWFLAKE_COLUMNS
+    first, second = (dict(zip(header, row, strict=True)) for row in rows)
+    for column, value in expected.items():
+        cell = first[column]
+        assert isinstance(cell, str), f"{column} came back as {cell!r}"
+        assert cell == f'="{value}"' and cell[2:-1] == str(value)
+    assert second["user_id"] == f'="{user}"' and second["message_id"] == ""
+    # Numbers stay numbers, and member text is still defused, not mistaken for an id.
+    assert first["generation_id"] == gen.id and first["steps"] == 4
+    assert second["generation_id"] == refused.id and second["prompt"] == "'=1+1"
 
 
 async def test_export_pages_through_many_rows(repos):
