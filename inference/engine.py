@@ -6,6 +6,7 @@ It knows torch and diffusers and nothing of Discord. The worker process owns one
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -134,22 +135,50 @@ def png_with_recipe(image: Image, recipe: dict[str, Any]) -> bytes:
 
 
 def recipe_to_parameters(recipe: dict[str, Any]) -> str:
-    lines = [recipe.get("prompt", "")]
+    """The recipe in AUTOMATIC1111's infotext form, which most Stable Diffusion tools read:
+    the prompt, a `Negative prompt:` line, then one line of `Key: value` fields."""
+    from .samplers import A1111_NAMES
+
+    lines = [str(recipe.get("prompt", ""))]
     if recipe.get("negative"):
         lines.append(f"Negative prompt: {recipe['negative']}")
-    fields = [
-        f"Steps: {recipe.get('steps')}",
-        f"Sampler: {recipe.get('sampler')}",
-        f"CFG scale: {recipe.get('guidance')}",
-        f"Seed: {recipe.get('seed')}",
-        f"Size: {recipe.get('width')}x{recipe.get('height')}",
-        f"Model: {recipe.get('model')}",
+    sampler = str(recipe.get("sampler"))
+    name, schedule = A1111_NAMES.get(sampler, (sampler, "Automatic"))
+    fields: list[tuple[str, Any]] = [
+        ("Steps", recipe.get("steps")),
+        ("Sampler", name),
+        ("Schedule type", schedule),
+        ("CFG scale", recipe.get("guidance")),
+        ("Seed", recipe.get("seed")),
+        ("Size", f"{recipe.get('width')}x{recipe.get('height')}"),
+        ("Model", recipe.get("model")),
     ]
     if recipe.get("mode", "txt2img") != "txt2img":
-        fields.append(f"Mode: {recipe['mode']}")
-        fields.append(f"Denoising strength: {recipe.get('strength')}")
-    lines.append(", ".join(fields))
+        fields.append(("Mode", recipe["mode"]))
+        fields.append(("Denoising strength", recipe.get("strength")))
+    fields.append(("Version", f"Easel {easel_version()}"))
+    lines.append(", ".join(f"{key}: {_infotext_value(value)}" for key, value in fields))
     return "\n".join(lines)
+
+
+def _infotext_value(value: Any) -> str:
+    """A field value as A1111 writes one: in JSON quotes when it holds `,`, `:` or a newline
+    (which would end the field or the line)."""
+    text = str(value)
+    if any(mark in text for mark in (",", ":", "\n")):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+@functools.cache
+def easel_version() -> str:
+    """The installed package's version (0.0 when running from an uninstalled tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("easel")
+    except PackageNotFoundError:
+        return "0.0"
 
 
 def read_png_recipe(png: bytes) -> dict[str, Any]:

@@ -22,7 +22,22 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "LCM": ("LCMScheduler", {}),
 }
 
+# name -> (sampler, schedule type) as AUTOMATIC1111's web UI writes them in a PNG's
+# `parameters` since 1.9, where the two are separate fields. "Uniform" is the model's own noise
+# schedule (what these diffusers schedulers use without Karras sigmas); A1111 reads a DPM++ 2M
+# without a schedule type as Karras, so it must be said. The Karras sampler keeps its older
+# one-field name, which readers before 1.9 need and later ones split themselves.
+A1111_NAMES: dict[str, tuple[str, str]] = {
+    "DPM++ 2M": ("DPM++ 2M", "Uniform"),
+    "DPM++ 2M Karras": ("DPM++ 2M Karras", "Karras"),
+    "Euler": ("Euler", "Uniform"),
+    "Euler a": ("Euler a", "Uniform"),
+    "DDIM": ("DDIM", "Uniform"),
+    "LCM": ("LCM", "Uniform"),
+}
+
 assert set(SCHEDULERS) == set(SAMPLERS), "every offered sampler needs a scheduler"
+assert set(A1111_NAMES) == set(SAMPLERS), "every offered sampler needs its A1111 names"
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:

@@ -1,6 +1,8 @@
 """The engine on a tiny random pipeline, loaded through the real from_pretrained path."""
 
 import io
+import json
+import re
 
 import numpy as np
 import pytest
@@ -241,3 +243,98 @@ def test_previews_pass_the_safety_checker_first(flagging_model_dir):
     previews = []
     (result,) = engine.run([request()], on_preview=lambda index, png: previews.append(index))
     assert previews == [] and result.any_flagged
+
+
+# --- the `parameters` text as AUTOMATIC1111 reads it ------------------------------------------
+# A reader written from A1111's documented infotext format (modules/infotext_utils.py,
+# parse_generation_parameters; modules/sd_samplers.py, get_sampler_and_scheduler): the prompt
+# lines, an optional "Negative prompt:" line, then one line of "Key: value" fields, where a
+# value in double quotes is JSON.
+INFOTEXT_FIELD = re.compile(r'\s*(\w[\w /-]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+A1111_SCHEDULES = ("Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform")
+# A1111's samplers that pick a schedule themselves when it says "Automatic".
+A1111_DEFAULT_SCHEDULE = {"DPM++ 2M": "Karras"}
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    *lines, last = text.strip().split("\n")
+    if len(INFOTEXT_FIELD.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            negative.append(line.removeprefix("Negative prompt:").strip())
+        elif negative:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in INFOTEXT_FIELD.findall(last):
+        if len(value) > 1 and value[0] == value[-1] == '"':
+            value = json.loads(value)
+        fields[key] = value
+    return fields
+
+
+def a1111_sampler(fields: dict[str, str], *, since_1_9: bool) -> tuple[str, str]:
+    """(sampler, schedule) as A1111 reads them: before 1.9 the schedule was part of the
+    sampler's name; since, "Schedule type" names it (a name with the old suffix still splits)."""
+    name = fields["Sampler"]
+    schedule = fields.get("Schedule type", "Automatic") if since_1_9 else "Uniform"
+    for label in A1111_SCHEDULES:
+        if name.endswith(" " + label):
+            name, schedule = name.removesuffix(" " + label), label
+    if schedule == "Automatic":
+        schedule = A1111_DEFAULT_SCHEDULE.get(name, "Uniform")
+    return name, schedule
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize(
+    "prompt, negative, model, mode",
+    [
+        ("a red fox", "", "stable-diffusion-v1-5/stable-diffusion-v1-5", "txt2img"),
+        (
+            'a fox, (detailed:1.2), "quoted"\nsecond line: with colon',
+            "blurry, low quality\nSteps: 99, Seed: 1, Size: 8x8",
+            r"C:\models\my model, v2: final",
+            "img2img",
+        ),
+    ],
+)
+def test_parameters_round_trip_through_an_a1111_reader(sampler, prompt, negative, model, mode):
+    """The PNG's `parameters` read back by A1111's rules (1.9 and later, and older) give the
+    recipe: sampler and schedule as Easel ran them, quoted values whole, Easel's version."""
+    from inference.engine import easel_version, png_with_recipe
+    from inference.samplers import SCHEDULERS
+
+    recipe = GenerationRequest(
+        prompt=prompt,
+        negative=negative,
+        seed=4294967295,
+        steps=30,
+        guidance=6.5,
+        width=512,
+        height=768,
+        sampler=sampler,
+        model=model,
+        mode=mode,
+        strength=0.55,
+    ).recipe()
+    png = png_with_recipe(Image.new("RGB", (8, 8)), recipe)
+    fields = parse_infotext(Image.open(io.BytesIO(png)).text["parameters"])
+    assert fields["Prompt"] == prompt and fields["Negative prompt"] == negative
+    assert (fields["Steps"], fields["CFG scale"], fields["Seed"]) == ("30", "6.5", "4294967295")
+    assert (fields["Size"], fields["Model"]) == ("512x768", model)
+    assert fields["Version"] == f"Easel {easel_version()}"
+    assert fields.get("Denoising strength") == (None if mode == "txt2img" else "0.55")
+    karras = SCHEDULERS[sampler][1].get("use_karras_sigmas", False)
+    base = sampler.removesuffix(" Karras")
+    for since_1_9 in (True, False):
+        assert a1111_sampler(fields, since_1_9=since_1_9) == (
+            base,
+            "Karras" if karras else "Uniform",
+        ), f"read {'by 1.9+' if since_1_9 else 'before 1.9'}"
