@@ -89,12 +89,13 @@ class Moderation(commands.Cog):
     @app_commands.describe(
         user="Only this member's requests",
         contains="Only prompts (or negative prompts) containing this text",
-        status="Only requests with this outcome (blocked = refused)",
+        status="Only requests with this outcome",
         flagged="Only requests with (True) or without (False) images the safety checker flagged",
         since="How far back (2h, 7d) or from a UTC date (2025-03-01)",
         page="Which page (10 a page, newest first)",
     )
-    @app_commands.choices(status=[app_commands.Choice(name=s, value=s) for s in Status])
+    # Members read the labels ("⛔ refused"); the values are what the log stores ("blocked").
+    @app_commands.choices(status=[app_commands.Choice(name=s.label, value=s.value) for s in Status])
     async def show_log(
         self,
         interaction: discord.Interaction,
@@ -106,7 +107,7 @@ class Moderation(commands.Cog):
         page: app_commands.Range[int, 1] = 1,
     ) -> None:
         if status is not None and status not in set(Status):
-            raise UserError(f"The status is one of: {', '.join(Status)}.")
+            raise UserError(f"The status is one of: {', '.join(s.label for s in Status)}.")
         guild_id = interaction.guild_id
         since_at = parse_since(since, now=self.moderation.now())
         history = self.bot.repos.history
@@ -123,7 +124,7 @@ class Moderation(commands.Cog):
         if contains:
             shown.append(f"containing “{clip(contains, 40)}”")
         if status:
-            shown.append(f"status {status}")
+            shown.append(f"status {Status(status).label}")
         if flagged is not None:
             shown.append("flagged" if flagged else "not flagged")
         if since_at:
@@ -155,7 +156,7 @@ class Moderation(commands.Cog):
 
     @mod.command(name="ban", description="Stop a member making images here; cancels their queue")
     @app_commands.describe(
-        user="Who",
+        user="The member to ban",
         duration="How long: 30m, 2h, 7d, 1w (leave out: no end)",
         reason="Why (kept in the audit log)",
     )
@@ -175,7 +176,7 @@ class Moderation(commands.Cog):
         await reply(interaction, ban_sentence(outcome))
 
     @mod.command(name="unban", description="Let a banned member make images again")
-    @app_commands.describe(user="Who")
+    @app_commands.describe(user="The member to unban")
     async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
         await self.moderation.unban(actor_of(interaction), _guild_id(interaction), user.id)
         await reply(interaction, f"🕊️ Unbanned <@{user.id}>; they can make images again.")
@@ -294,7 +295,7 @@ class Moderation(commands.Cog):
     )
     @app_commands.choices(
         action=[
-            app_commands.Choice(name=action.value, value=action.value) for action in AuditAction
+            app_commands.Choice(name=action.label, value=action.value) for action in AuditAction
         ]
     )
     async def audit(
@@ -308,7 +309,10 @@ class Moderation(commands.Cog):
         actor = moderator.id if moderator else None
         shown = ", ".join(
             x
-            for x in (f"by {moderator}" if moderator else "", f"action {action}" if action else "")
+            for x in (
+                f"by {moderator}" if moderator else "",
+                f"action {AuditAction(action).label}" if action in set(AuditAction) else "",
+            )
             if x
         )
         audit = self.bot.repos.audit

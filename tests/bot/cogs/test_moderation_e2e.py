@@ -464,3 +464,40 @@ async def test_pause_resume_and_log_channel(world):
     assert "“exam time”" in audit
     staff = "\n".join(m.content for m in w.fd.messages(other))
     assert "paused the queue: exam time" in staff and "resumed the queue" in staff
+
+
+# --- the words of the forms ----------------------------------------------------------------
+
+
+def mod_option(w: World, path: str, name: str) -> dict:
+    """One option of a /mod subcommand as synced to Discord (what the form shows)."""
+    node = w.fd.command("mod", w.fd.guild)
+    for part in path.split():
+        node = next(o for o in node["options"] if o["name"] == part)
+    return next(o for o in node["options"] if o["name"] == name)
+
+
+async def test_mod_forms_use_the_words_moderators_read(world):
+    """/mod ban and unban say whom; /mod audit offers actions by their labels and /mod log
+    says "refused", while the values sent back stay the stored ones."""
+    from bot.domain import AuditAction, Status
+
+    w = world
+    for path in ("ban", "unban"):
+        description = mod_option(w, path, "user")["description"]
+        assert description != "Who" and "member" in description
+    actions = mod_option(w, "audit", "action")["choices"]
+    assert [(c["name"], c["value"]) for c in actions] == [(a.label, a.value) for a in AuditAction]
+    assert not {"word_add", "safety_mode", "denied"} & {c["name"] for c in actions}
+    statuses = mod_option(w, "log", "status")
+    names = {c["value"]: c["name"] for c in statuses["choices"]}
+    assert "refused" in names["blocked"] and "blocked" not in " ".join(names.values())
+    assert "blocked" not in statuses["description"]
+    assert set(names) == {s.value for s in Status}
+    # The stored value still filters: refused requests are found under "refused".
+    refused, _ = await imagine(w, "gore again")
+    assert refused is None
+    shown = text_of(await mod(w, "mod log", {"status": "blocked"}))
+    assert "refused" in shown and "status blocked" not in shown
+    audit = text_of(await mod(w, "mod audit", {"action": "word_add"}))
+    assert "word_add" not in audit
