@@ -100,7 +100,7 @@ class Lineage(commands.Cog):
                 generation,
                 Option(prompt.name, prompt.annotation, "The new prompt", required=True),
                 Option(negative.name, negative.annotation, "A new negative prompt"),
-                *recipe_options(g, count=False),
+                *recipe_options(g),
             ],
             self.remix,
         )

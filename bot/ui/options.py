@@ -45,9 +45,10 @@ def prompt_options(g: GenerationSettings) -> list[Option]:
     ]
 
 
-def recipe_options(g: GenerationSettings, *, count: bool = True) -> list[Option]:
-    """Seed, steps, guidance, aspect, count and sampler, in the order /imagine shows them."""
-    options = [
+def recipe_options(g: GenerationSettings) -> list[Option]:
+    """Seed, steps, guidance, aspect, count and sampler, in the order /imagine and /remix show
+    them."""
+    return [
         Option(
             "seed",
             app_commands.Range[int, 0, MAX_SEED],
@@ -64,17 +65,11 @@ def recipe_options(g: GenerationSettings, *, count: bool = True) -> list[Option]
             "How closely to follow the prompt (CFG scale)",
         ),
         Option("aspect", str, "Shape of the image", choices=_choices(list(ASPECTS))),
+        Option(
+            "count", app_commands.Range[int, 1, g.max_count], "How many images (each its own seed)"
+        ),
+        Option("sampler", str, "The sampling method", choices=_choices(g.samplers)),
     ]
-    if count:
-        options.append(
-            Option(
-                "count",
-                app_commands.Range[int, 1, g.max_count],
-                "How many images (each its own seed)",
-            )
-        )
-    options.append(Option("sampler", str, "The sampling method", choices=_choices(g.samplers)))
-    return options
 
 
 def build_command(

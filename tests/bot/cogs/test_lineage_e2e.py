@@ -282,3 +282,60 @@ async def test_ids_from_another_server_are_unknown(fd, bot):
     with pytest.raises(UserError, match=f"There is no image #{gen_id}"):
         await bot.services.derive.source(elsewhere.guild_id, gen_id)
     assert (await bot.services.derive.here(fd.guild.id, gen_id)).id == gen_id
+
+
+FORM_KEYS = (
+    "type",
+    "required",
+    "min_value",
+    "max_value",
+    "min_length",
+    "max_length",
+    "choices",
+    "autocomplete",
+)
+
+
+async def test_remix_and_imagine_forms_agree(fd, bot):
+    """/remix offers /imagine's options in /imagine's order, with the same bounds and choices
+    from the settings, after the image it remixes; Discord's form keeps members inside them."""
+    from inference.request import MAX_SEED
+
+    imagine_form = fd.command("imagine", fd.guild)["options"]
+    remix_form = fd.command("remix", fd.guild)["options"]
+    assert remix_form[0]["name"] == "generation" and remix_form[0]["required"]
+    assert [o["name"] for o in remix_form[1:]] == [o["name"] for o in imagine_form]
+    for mine, theirs in zip(remix_form[1:], imagine_form, strict=True):
+        assert {k: mine.get(k) for k in FORM_KEYS} == {k: theirs.get(k) for k in FORM_KEYS}
+    g = bot.settings.generation
+    form = {o["name"]: o for o in remix_form}
+    assert (form["seed"]["min_value"], form["seed"]["max_value"]) == (0, MAX_SEED)
+    assert (form["steps"]["min_value"], form["steps"]["max_value"]) == (g.min_steps, g.max_steps)
+    assert (form["guidance"]["min_value"], form["guidance"]["max_value"]) == (
+        g.min_guidance,
+        g.max_guidance,
+    )
+    assert form["prompt"]["max_length"] == min(g.max_prompt_chars, 6000)
+    assert form["negative"]["max_length"] == min(g.max_prompt_chars, 6000)
+    assert [c["value"] for c in form["sampler"]["choices"]] == list(g.samplers)
+    assert "autocomplete" not in form["sampler"] or not form["sampler"]["autocomplete"]
+    assert form["count"]["max_value"] == g.max_count
+
+    alice, bob = fd.add_member("alice"), fd.add_member("bob")
+    gen_id, _ = await imagine(fd, alice, prompt="a lighthouse", seed=77)
+    for bad in (
+        {"steps": g.max_steps + 1},
+        {"guidance": g.max_guidance + 1},
+        {"seed": MAX_SEED + 1},
+        {"sampler": "Heun"},
+        {"prompt": "x" * (min(g.max_prompt_chars, 6000) + 1)},
+    ):
+        with pytest.raises(ValueError):
+            await fd.invoke(bob, "remix", {"generation": gen_id, "prompt": "a tower", **bad})
+    handle = await fd.invoke(
+        bob, "remix", {"generation": gen_id, "prompt": "a tower", "count": 2, "aspect": "wide"}
+    )
+    child = await bot.repos.generations.get(await queued_id(handle))
+    posted = await result(fd, child.id)
+    assert len(posted.attachments) == 2 and child.recipe["seed"] == 77
+    assert child.recipe["width"] > child.recipe["height"]
