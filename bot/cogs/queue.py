@@ -7,7 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.domain import Status
-from bot.text import clip, quote
+from bot.text import literal
 from bot.ui import render
 from bot.ui.client import EaselBot
 from bot.ui.errors import reply
@@ -33,7 +33,7 @@ class Queue(commands.Cog):
         for job in mine[:shown]:
             where = "running" if job.status == Status.RUNNING else f"position {job.position}"
             lines.append(
-                f"• **#{job.gen_id}** `{clip(quote(job.request.prompt), 60)}`"
+                f"• **#{job.gen_id}** {literal(job.request.prompt, 60)}"
                 f" — {where}, ready in about {render.fmt_seconds(job.eta_seconds)}"
             )
         if len(mine) > shown:

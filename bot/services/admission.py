@@ -16,13 +16,15 @@ from bot.db import Repositories, StoreError
 from bot.domain import Actor, Generation, JobOrigin, RefusalReason, UserError
 from bot.queue import Scheduler
 from bot.settings import Settings
-from bot.text import quote
+from bot.text import literal
 from inference.request import GenerationRequest, RequestError, validate
 
 from .modlog import ModLog
 from .words import WordLists
 
-MENTION = re.compile(r"@(everyone|here)\b|<@[!&]?\d+>|<#\d+>", re.IGNORECASE)
+# Anywhere, not only as a word: Discord shows the `@everyone` of `@everyone_` or `x@herex` as a
+# mention too.
+MENTION = re.compile(r"@(everyone|here)|<@[!&]?\d+>|<#\d+>", re.IGNORECASE)
 BANNED_WORD = "Your prompt contains a word this server does not allow; rephrase it and try again."
 
 
@@ -43,7 +45,8 @@ def refuse_mentions(request: GenerationRequest) -> None:
         found = MENTION.search(text or "")
         if found:
             raise RequestError(
-                f"Prompts cannot contain mentions like {found.group(0)}; remove it and try again."
+                # In a code span the token shows as typed, not as a mention.
+                f"Prompts cannot contain mentions like `{found.group(0)}`; remove it and try again."
             )
 
 
@@ -81,7 +84,8 @@ class Admission:
             )
             await self.modlog.write(
                 origin.guild_id,
-                f"refused #{gen.id} (banned word {banned!r}): {quote(request.prompt)[:200]}",
+                f"refused #{gen.id} (banned word “{literal(banned)}”): "
+                + literal(request.prompt, 200),
                 actor,
             )
             raise Refused(RefusalReason.BANNED_WORD, BANNED_WORD, gen)
@@ -97,7 +101,7 @@ class Admission:
                 # The source generation is unknown: a refusal the member can act on.
                 message = f"{error} Check the number and try again."
                 await self._refuse(request, origin, actor, RefusalReason.BAD_INPUT, message)
-        line = f"queued #{gen.id} ({origin.kind}): {quote(request.prompt)[:300]}"
+        line = f"queued #{gen.id} ({origin.kind}): {literal(request.prompt, 300)}"
         if origin.parent_id is not None:
             line += f" — from #{origin.parent_id}"
         await self.modlog.write(origin.guild_id, line, actor)
@@ -115,7 +119,7 @@ class Admission:
         gen = await self.repos.generations.log_refusal(
             request, origin, reason=reason, message=message
         )
-        line = line or f"refused ({reason}): {quote(request.prompt)[:200]}"
+        line = line or f"refused ({reason}): {literal(request.prompt, 200)}"
         await self.modlog.write(origin.guild_id, line, actor)
         raise Refused(reason, message, gen)
 

@@ -23,7 +23,7 @@ from bot.domain import (
 from bot.durations import describe_duration
 from bot.queue import Scheduler
 from bot.settings import Settings
-from bot.text import channel, clip, user
+from bot.text import channel, literal, user
 from bot.wordfilter import normalise
 
 from .modlog import ModLog
@@ -190,7 +190,7 @@ class Moderation:
             actor,
             guild_id,
             AuditAction.BAN,
-            f"banned {user(user_id)} {length}" + (f": {clip(reason, 200)}" if reason else ""),
+            f"banned {user(user_id)} {length}" + (f": {literal(reason, 200)}" if reason else ""),
             target_user_id=user_id,
             target_generation_id=gen_id,
             reason=reason,
@@ -219,12 +219,12 @@ class Moderation:
         folded = self.fold_word(word)
         await self.words.prepare_guild(guild_id)
         if not await self.repos.words.add(guild_id, folded, by=actor.user_id):
-            raise UserError(f"“{folded}” is already on this server's list.")
+            raise UserError(f"“{literal(folded)}” is already on this server's list.")
         await self.record(
             actor,
             guild_id,
             AuditAction.WORD_ADD,
-            f"banned the word “{folded}”",
+            f"banned the word “{literal(folded)}”",
             details={"word": folded},
         )
         return folded
@@ -236,12 +236,14 @@ class Moderation:
         if not removed and folded != word.strip():
             removed = await self.repos.words.remove(guild_id, word)
         if not removed:
-            raise UserError(f"“{folded}” is not on this server's list; see /mod words list.")
+            raise UserError(
+                f"“{literal(folded)}” is not on this server's list; see /mod words list."
+            )
         await self.record(
             actor,
             guild_id,
             AuditAction.WORD_REMOVE,
-            f"allowed the word “{folded}” again",
+            f"allowed the word “{literal(folded)}” again",
             details={"word": folded},
         )
         return folded
@@ -256,7 +258,7 @@ class Moderation:
             actor,
             guild_id,
             AuditAction.PAUSE,
-            "paused the queue" + (f": {clip(reason, 200)}" if reason else ""),
+            "paused the queue" + (f": {literal(reason, 200)}" if reason else ""),
             reason=reason,
         )
 

@@ -24,7 +24,7 @@ from bot.services import Services
 from bot.services.modlog import ModLog
 from bot.services.visibility import sort_images
 from bot.settings import Settings
-from bot.text import clip, user
+from bot.text import clip, literal, user
 from inference.request import GenerationRequest, GenerationResult
 
 from . import render
@@ -214,7 +214,7 @@ class Delivery(QuietListener):
         """Flags and failures get a line in the moderators' log channel, with the link."""
         link = f" {message.jump_url}" if message is not None else ""
         if gen.status == Status.FAILED:
-            text = f"❌ #{gen.id} by {user(gen.user_id)} failed: {gen.error}"
+            text = f"❌ #{gen.id} by {user(gen.user_id)} failed: {literal(gen.error or '', 500)}"
         elif gen.flagged:
             flagged = sum(1 for image in gen.images if image.flagged)
             text = (

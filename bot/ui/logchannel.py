@@ -12,6 +12,7 @@ import discord
 
 from bot.db import Repositories
 from bot.domain import Actor
+from bot.text import clip, literal
 
 from .errors import NO_PINGS
 
@@ -38,11 +39,11 @@ class LogChannel:
             return
         who = ""
         if actor is not None:
-            who = f"{actor.name} (`{actor.user_id}`)"
+            who = f"{literal(actor.name)} (`{actor.user_id}`)"
             if actor.channel_id:
                 who += f" in <#{actor.channel_id}>"
             who += ": "
-        self._lines.put_nowait((guild_id, (who + text)[:1900]))
+        self._lines.put_nowait((guild_id, clip(who + text, 1900)))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_lines(), name="easel-log")
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import discord
 
 from bot.domain import Generation, ImageRow, Kind, Status, plural
-from bot.text import clip, quote, user
+from bot.text import clip, literal, plain, user
 from inference.request import GenerationRequest
 
 EMBED_COLOUR = discord.Colour(0x6C5CE7)
@@ -51,11 +51,13 @@ def recipe_embed(
     request = generation.request
     embed = discord.Embed(
         title=f"#{generation.id}",
-        description=clip(request.prompt, 4000),
+        description=literal(request.prompt, 4000, inline=False),
         colour=EMBED_COLOUR,
     )
     if request.negative:
-        embed.add_field(name="Negative", value=clip(request.negative, 1024), inline=False)
+        embed.add_field(
+            name="Negative", value=literal(request.negative, 1024, inline=False), inline=False
+        )
     seeds = [image.seed for image in images] or generation.seeds
     embed.add_field(
         name="Seed" if len(seeds) == 1 else "Seeds",
@@ -79,7 +81,7 @@ def recipe_embed(
             inline=False,
             value="The prompt is longer than the model's 77 tokens; only its first part was used.",
         )
-    by = generation.user_name or str(generation.user_id)
+    by = plain(generation.user_name or str(generation.user_id))
     footer = f"by {by}"
     if generation.inference_seconds:
         footer += f" · made in {generation.inference_seconds:.1f} s"
@@ -109,7 +111,7 @@ def fit_embed(embed: discord.Embed, limit: int = 6000) -> discord.Embed:
 
 def status_text(request: GenerationRequest, generation_id: int, state: str) -> str:
     """The author's private status line for a job."""
-    return f"**#{generation_id}** `{clip(quote(request.prompt), 80)}` — {state}"
+    return f"**#{generation_id}** {literal(request.prompt, 80)} — {state}"
 
 
 def fit_files(pngs: Sequence[tuple[str, bytes, bool]], limit: int) -> list[discord.File]:
@@ -150,8 +152,7 @@ def result_content(
 ) -> str:
     """The text of a result message: the author, the prompt (notifications show it), the
     lineage, and what the safety checker kept out of sight."""
-    prompt = discord.utils.escape_markdown(clip(quote(gen.prompt), 120))
-    content = f"{user(gen.user_id)} **{prompt}**"
+    content = f"{user(gen.user_id)} **{literal(gen.prompt, 120)}**"
     line = lineage_line(gen, parent)
     if line:
         content += f" — {line}"
@@ -210,8 +211,8 @@ def info_embed(
         name="Reproduce",
         inline=False,
         value=clip(
-            f"`/imagine prompt:{quote(request.prompt)} seed:{request.seed} "
-            f"steps:{request.steps} guidance:{request.guidance:g} sampler:{request.sampler}`"
+            f"/imagine prompt:{literal(request.prompt)} seed:{request.seed} "
+            f"steps:{request.steps} guidance:{request.guidance:g} sampler:{request.sampler}"
             + (f" at {request.width}×{request.height}" if request.mode == "txt2img" else "")
             + (" (and the same negative prompt)" if request.negative else ""),
             1024,
@@ -227,15 +228,15 @@ def history_embed(
     lines = []
     for gen in gens:
         link = jump_url(gen.guild_id, gen.message_channel_id, gen.message_id)
-        prompt = clip(quote(gen.prompt), 70)
+        prompt = literal(gen.prompt, 70)
         stamp = discord.utils.format_dt(gen.created_at, "R")
         status = "" if gen.status == Status.DONE else " " + gen.status.label
-        entry = f"**#{gen.id}** `{prompt}`{status} · {stamp}"
+        entry = f"**#{gen.id}** {prompt}{status} · {stamp}"
         if link and not gen.deleted:
             entry += f" · [open]({link})"
         lines.append(entry)
     embed = discord.Embed(
-        title=f"History of {whose}",
+        title=f"History of {plain(whose)}",
         description="\n".join(lines) or "No images yet.",
         colour=EMBED_COLOUR,
     )

@@ -20,6 +20,7 @@ from .harness import (
     start_bot,
     stop_bot,
 )
+from .markdown import Shown, bidi_trouble, render, visible
 from .models import (
     EPHEMERAL,
     LOADING,
@@ -55,9 +56,13 @@ __all__ = [
     "InteractionFailed",
     "InteractionHandle",
     "Pings",
+    "Shown",
+    "bidi_trouble",
     "fail_on_discord_errors",
     "point_discord_py_at",
+    "render",
     "running_bot",
     "start_bot",
     "stop_bot",
+    "visible",
 ]

@@ -19,7 +19,7 @@ from discord.ext import commands
 
 from bot.domain import AuditAction, SafetyMode, Status, UserError
 from bot.durations import parse_duration, parse_since
-from bot.text import clip, quote
+from bot.text import clip, literal, plain
 from bot.ui.client import EaselBot
 from bot.ui.errors import NO_PINGS, reply
 from bot.ui.members import actor_of
@@ -120,9 +120,9 @@ class Moderation(commands.Cog):
         }
         shown = []
         if user:
-            shown.append(f"member {user}")
+            shown.append(f"member {plain(str(user))}")
         if contains:
-            shown.append(f"containing “{clip(contains, 40)}”")
+            shown.append(f"containing “{clip(plain(contains), 40)}”")
         if status:
             shown.append(f"status {Status(status).label}")
         if flagged is not None:
@@ -192,7 +192,7 @@ class Moderation(commands.Cog):
             end = "no end" if ban.until is None else f"until {when(ban.until)}"
             line = f"• <@{ban.user_id}> — {end}, by <@{ban.banned_by}>"
             if ban.reason:
-                line += f": “{clip(quote(ban.reason), 100)}”"
+                line += f": “{literal(ban.reason, 100)}”"
             lines.append(line)
         if len(bans) > 25:
             lines.append(f"… and {len(bans) - 25} more.")
@@ -208,7 +208,7 @@ class Moderation(commands.Cog):
         folded = await self.moderation.add_word(actor_of(interaction), _guild_id(interaction), word)
         await reply(
             interaction,
-            f"➕ Prompts with “{folded}” are now refused (also when "
+            f"➕ Prompts with “{literal(folded)}” are now refused (also when "
             "written with accents, full-width letters or hidden "
             "characters).",
         )
@@ -221,7 +221,7 @@ class Moderation(commands.Cog):
         folded = await self.moderation.remove_word(
             actor_of(interaction), _guild_id(interaction), word
         )
-        await reply(interaction, f"➖ “{folded}” is allowed again.")
+        await reply(interaction, f"➖ “{literal(folded)}” is allowed again.")
 
     @words.command(name="list", description="This server's banned words")
     async def words_list(self, interaction: discord.Interaction) -> None:
@@ -310,7 +310,7 @@ class Moderation(commands.Cog):
         shown = ", ".join(
             x
             for x in (
-                f"by {moderator}" if moderator else "",
+                f"by {plain(str(moderator))}" if moderator else "",
                 f"action {AuditAction(action).label}" if action in set(AuditAction) else "",
             )
             if x

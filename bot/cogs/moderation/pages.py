@@ -10,7 +10,7 @@ from typing import Any
 import discord
 
 from bot.domain import AuditAction, AuditEntry, Generation, ReviewState, Status, plural
-from bot.text import clip, quote
+from bot.text import clip, literal
 from bot.ui.render import jump_url
 
 PAGE_SIZE = 10
@@ -31,11 +31,11 @@ def outcome(gen: Generation) -> str:
     if gen.status == Status.BLOCKED:
         text += ": " + (gen.refusal_reason.label if gen.refusal_reason else "?")
         if gen.refusal_reason == "bad_input" and gen.refusal_message:
-            text += f" ({clip(gen.refusal_message, 80)})"
+            text += f" ({literal(gen.refusal_message, 80)})"
         if gen.review:
             text += f", review {gen.review}"
     elif gen.status == Status.FAILED and gen.error:
-        text += f" ({clip(gen.error, 80)})"
+        text += f" ({literal(gen.error, 80)})"
     if gen.images:
         text += f" · {plural(len(gen.images), 'image')}"
         flagged = [image for image in gen.images if image.flagged]
@@ -56,9 +56,9 @@ def log_entry(gen: Generation) -> str:
     head = f"**#{gen.id}** {when(gen.created_at)} <@{gen.user_id}> — {outcome(gen)}"
     if link and not gen.deleted:
         head += f" · [message]({link})"
-    lines = [head, f"> `{clip(quote(gen.prompt), 150)}`"]
+    lines = [head, f"> {literal(gen.prompt, 150)}"]
     if gen.negative:
-        lines.append(f"> negative: `{clip(quote(gen.negative), 80)}`")
+        lines.append(f"> negative: {literal(gen.negative, 80)}")
     return "\n".join(lines)
 
 
@@ -101,7 +101,7 @@ def audit_entry(entry: AuditEntry) -> str:
     if detail:
         text += f" ({detail})"
     if entry.reason:
-        text += f" — “{clip(quote(entry.reason), 120)}”"
+        text += f" — “{literal(entry.reason, 120)}”"
     return text
 
 
@@ -109,7 +109,7 @@ def _audit_details(entry: AuditEntry) -> str:
     d = entry.details
     parts = []
     if "word" in d:
-        parts.append(f"`{clip(quote(str(d['word'])), 60)}`")
+        parts.append(f"“{literal(str(d['word']), 60)}”")
     if "until" in d:
         parts.append("permanent" if d["until"] == "permanent" else f"until {d['until']}")
     if d.get("cancelled"):

@@ -15,7 +15,7 @@ from bot.db import StoreError
 from bot.domain import Generation, ReviewItem, ReviewState, UserError
 from bot.durations import parse_duration
 from bot.services.moderation import BanOutcome, Decision
-from bot.text import channel, clip, quote, user
+from bot.text import channel, clip, literal, plain, user
 from bot.ui.client import EaselBot, easel
 from bot.ui.errors import NO_PINGS, report
 from bot.ui.members import actor_of
@@ -37,7 +37,7 @@ def review_card(
 ) -> Card:
     """The message that shows one review item (ephemeral), as `edit_message` keywords."""
     gen = item.generation
-    request_line = f"`{clip(quote(gen.prompt), 1500)}`"
+    request_line = literal(gen.prompt, 1500, inline=False)
     if item.image_index is None:
         reason = gen.refusal_reason.label if gen.refusal_reason else "refused"
         title = f"#{gen.id} · prompt refused: {reason}"
@@ -56,14 +56,16 @@ def review_card(
         )
     embed = discord.Embed(title=title, description=request_line, colour=MOD_COLOUR)
     if gen.negative:
-        embed.add_field(name="Negative", value=f"`{clip(quote(gen.negative), 900)}`", inline=False)
-    author = user(gen.user_id) + (f" ({gen.user_name})" if gen.user_name else "")
+        embed.add_field(
+            name="Negative", value=literal(gen.negative, 900, inline=False), inline=False
+        )
+    author = user(gen.user_id) + (f" ({literal(gen.user_name)})" if gen.user_name else "")
     embed.add_field(name="Author", value=clip(author, 1024))
     if gen.channel_id:
         embed.add_field(name="Channel", value=channel(gen.channel_id))
     embed.add_field(name="Asked", value=when(gen.created_at, "R"))
     if matched:
-        embed.add_field(name="Matched word", value=f"`{clip(quote(matched), 200)}`")
+        embed.add_field(name="Matched word", value=f"“{literal(matched, 200)}”")
     if item.image_index is not None:
         image = gen.image(item.image_index)
         if image is not None:
@@ -269,7 +271,7 @@ class BanModal(discord.ui.Modal):
     """Ban author: how long and why, then the author is banned and the item removed."""
 
     def __init__(self, gen: Generation, index: int | None, position: int):
-        name = clip(gen.user_name or str(gen.user_id), 30)
+        name = clip(plain(gen.user_name or str(gen.user_id)), 30)
         super().__init__(title=f"Ban {name}", timeout=10 * 60)
         self.gen_id, self.index, self.position = gen.id, index, position
         self.duration: discord.ui.TextInput[BanModal] = discord.ui.TextInput(

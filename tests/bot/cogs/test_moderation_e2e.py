@@ -217,7 +217,7 @@ async def test_banned_word_in_disguise_is_refused_logged_and_reviewed(world):
     card = await mod(w, "mod review")
     text = text_of(card)
     assert "item 1 of 5" in text and "prompt refused: banned word" in text
-    assert "Matched word: `kraken`" in text and "ｋｒａｋｅｎ" in text
+    assert "Matched word: “kraken”" in text and "ｋｒａｋｅｎ" in text
     assert not card.attachments
     gens = await w.bot.repos.history.moderation_log(guild_id=w.fd.guild.id, status="blocked")
     first, second = sorted(g.id for g in gens)[:2]

@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from bot.text import clip, quote
+from bot.text import clip
 from bot.ui.render import fit_files, fmt_seconds
 from inference.engine import png_with_recipe, read_png_recipe
 
@@ -39,8 +39,7 @@ def test_files_over_the_limit_are_downscaled_keeping_the_recipe():
 
 
 def test_text_helpers():
-    """Prompts cannot break inline code; long text is cut with an ellipsis."""
-    assert quote("a `b`\nc") == "a ˋbˋ c"
+    """Long text is cut with an ellipsis; durations read as people say them."""
     assert clip("abcdef", 4) == "abc…" and clip("abc", 4) == "abc"
     assert fmt_seconds(12.2) == "12 s" and fmt_seconds(600) == "10 min"
     assert fmt_seconds(None) == "unknown"
