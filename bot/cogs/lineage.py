@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.domain import UserError
-from bot.ui import render
+from bot.ui import render, suggest
 from bot.ui.client import EaselBot, easel
 from bot.ui.errors import reply, report
 from bot.ui.options import Option, build_command, prompt_options, recipe_options
@@ -90,7 +90,11 @@ class Lineage(commands.Cog):
         self.bot = bot
         g = bot.settings.generation
         generation = Option(
-            "generation", app_commands.Range[int, 1], "The image's number (#N)", required=True
+            "generation",
+            app_commands.Range[int, 1],
+            "The image's number (#N)",
+            required=True,
+            autocomplete=suggest.remixable,
         )
         prompt, negative = prompt_options(g)
         self.remix_command: app_commands.Command[Any, Any, None] = build_command(
@@ -129,6 +133,7 @@ class Lineage(commands.Cog):
         name="info", description="The full recipe of an image and its family tree"
     )
     @app_commands.describe(generation="The image's number (#N)")
+    @app_commands.autocomplete(generation=suggest.informative)
     async def info(
         self, interaction: discord.Interaction, generation: app_commands.Range[int, 1]
     ) -> None:
@@ -150,6 +155,7 @@ class Lineage(commands.Cog):
 
     @app_commands.command(name="delete", description="Delete one of your images from the channel")
     @app_commands.describe(generation="The image's number (#N)")
+    @app_commands.autocomplete(generation=suggest.deletable)
     async def delete(
         self, interaction: discord.Interaction, generation: app_commands.Range[int, 1]
     ) -> None:

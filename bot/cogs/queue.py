@@ -8,7 +8,7 @@ from discord.ext import commands
 
 from bot.domain import Status
 from bot.text import literal
-from bot.ui import render
+from bot.ui import render, suggest
 from bot.ui.client import EaselBot
 from bot.ui.errors import reply
 
@@ -42,6 +42,7 @@ class Queue(commands.Cog):
 
     @app_commands.command(name="cancel", description="Cancel your queued or running jobs")
     @app_commands.describe(generation="The job's number (#N); leave out to cancel all yours")
+    @app_commands.autocomplete(generation=suggest.cancellable)
     async def cancel(
         self, interaction: discord.Interaction, generation: app_commands.Range[int, 1] | None = None
     ) -> None:

@@ -164,3 +164,43 @@ class HistoryRepository:
     ) -> int:
         where, params = log_filter(guild_id, user_id, contains, status, flagged, since)
         return await self.db.count(f"SELECT COUNT(*) FROM generations {where}", params)
+
+    async def suggestions(
+        self,
+        *,
+        guild_id: int | None,
+        user_id: int | None = None,
+        typed: str = "",
+        statuses: tuple[Status, ...] = (),
+        visible_only: bool = True,
+        limit: int = 25,
+    ) -> list[Generation]:
+        """Generations to offer for a `generation` option, newest first: this server's (only
+        `user_id`'s when given), with one of `statuses` (any when empty), and only the ones
+        other members may see when `visible_only`. `typed` narrows them as the member types:
+        digits (with or without `#`) match the start of the number, other text the prompt
+        (folded as /mod log folds it)."""
+        where, params = log_filter(user_id=user_id)
+        clauses = [where.removeprefix("WHERE ")] if where else []
+        if guild_id is None:
+            clauses.append("guild_id IS NULL")
+        else:
+            clauses.append("guild_id = ?")
+            params.append(int(guild_id))
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params += [Status(s).value for s in statuses]
+        if visible_only:
+            clauses.append(VISIBLE)
+        text = typed.strip()
+        number = text.removeprefix("#").strip()
+        if number.isdecimal():
+            clauses.append("CAST(id AS TEXT) LIKE ?")
+            params.append(number + "%")
+        elif text:
+            contains, contains_params = log_filter(contains=text)
+            clauses.append(contains.removeprefix("WHERE "))
+            params += contains_params
+        return await self.generations.select(
+            "WHERE " + " AND ".join(clauses), [*params, int(limit)], "ORDER BY id DESC LIMIT ?"
+        )

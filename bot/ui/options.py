@@ -10,7 +10,7 @@ state its signature).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,6 +21,10 @@ from bot.settings import GenerationSettings
 from inference.request import ASPECTS, MAX_SEED
 
 Handler = Callable[[discord.Interaction, dict[str, Any]], Awaitable[None]]
+# An autocomplete callback: (interaction, what has been typed) -> up to 25 choices.
+Autocomplete = Callable[
+    [discord.Interaction, str], Coroutine[Any, Any, list[app_commands.Choice[int]]]
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Option:
     description: str
     required: bool = False
     choices: Sequence[app_commands.Choice[str]] = ()
+    autocomplete: Autocomplete | None = None
 
 
 def _choices(values: Sequence[str]) -> list[app_commands.Choice[str]]:
@@ -100,4 +105,7 @@ def build_command(
     choices = {o.name: list(o.choices) for o in options if o.choices}
     if choices:
         app_commands.choices(**choices)(callback)
+    suggested = {o.name: o.autocomplete for o in options if o.autocomplete is not None}
+    if suggested:
+        app_commands.autocomplete(**suggested)(callback)
     return app_commands.Command(name=name, description=description, callback=callback)

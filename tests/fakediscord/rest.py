@@ -195,6 +195,11 @@ def _validate_options(path: str, options: list[dict[str, Any]]) -> None:
             raise invalid_form(f"{where}.description: Must be between 1 and 100 in length.")
         if len(opt.get("choices") or []) > 25:
             raise invalid_form(f"{where}.choices: Must be 25 or fewer in length.")
+        if opt.get("autocomplete"):
+            if opt.get("type") not in (3, 4, 10):
+                raise invalid_form(f"{where}.autocomplete: only string and number options.")
+            if opt.get("choices"):
+                raise invalid_form(f"{where}.autocomplete: cannot be set with choices.")
         if opt.get("type") in (1, 2):
             _validate_options(where, opt.get("options") or [])
         elif opt.get("required"):
@@ -202,6 +207,37 @@ def _validate_options(path: str, options: list[dict[str, Any]]) -> None:
                 raise invalid_form(f"{where}: required options must come before optional ones.")
         else:
             optional_seen = True
+
+
+def _checked_choices(itx: FakeInteraction, choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Autocomplete choices as Discord checks them: at most 25, each a name of 1–100 characters
+    and a value of the focused option's type (a string of at most 100)."""
+    if len(choices) > 25:
+        raise invalid_form("data.choices: Must be 25 or fewer in length.")
+    focused = _focused_option(itx.data.get("options") or [])
+    for n, option in enumerate(choices):
+        name, value = option.get("name"), option.get("value")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise invalid_form(f"data.choices.{n}.name: Must be between 1 and 100 in length.")
+        kind = focused.get("type") if focused else None
+        wrong = (
+            (kind == 3 and not (isinstance(value, str) and len(value) <= 100))
+            or (kind == 4 and (isinstance(value, bool) or not isinstance(value, int)))
+            or (kind == 10 and (isinstance(value, bool) or not isinstance(value, (int, float))))
+        )
+        if wrong:
+            raise invalid_form(f"data.choices.{n}.value: not a valid value for option type {kind}.")
+    return choices
+
+
+def _focused_option(options: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for option in options:
+        if option.get("focused"):
+            return option
+        found = _focused_option(option.get("options") or [])
+        if found is not None:
+            return found
+    return None
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -459,7 +495,7 @@ class RestApi:
             itx.original_message_id = itx.message.id
             return itx.message
         if cb_type == 8:
-            itx.choices = data.get("choices") or []
+            itx.choices = _checked_choices(itx, data.get("choices") or [])
         elif cb_type == 9:
             if not data.get("custom_id") or not data.get("title") or not data.get("components"):
                 raise invalid_form("a modal needs custom_id, title and components.")

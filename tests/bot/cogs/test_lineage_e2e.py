@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 
 import pytest
 import pytest_asyncio
@@ -339,3 +340,61 @@ async def test_remix_and_imagine_forms_agree(fd, bot):
     posted = await result(fd, child.id)
     assert len(posted.attachments) == 2 and child.recipe["seed"] == 77
     assert child.recipe["width"] > child.recipe["height"]
+
+
+async def test_generation_options_suggest_recent_images(fd, bot):
+    """Every `generation` option autocompletes `#N — prompt…`: the member's own recent images
+    (a number typed finds anyone's to remix or look at), anyone's for a moderator on /info
+    and /delete, and only the member's waiting or running jobs on /cancel."""
+    for command in ("remix", "info", "delete", "cancel"):
+        (option,) = [
+            o for o in fd.command(command, fd.guild)["options"] if o["name"] == "generation"
+        ]
+        assert option.get("autocomplete") is True, command
+    ivy, jon = fd.add_member("ivy"), fd.add_member("jon")
+    teacher = fd.add_member("teacher", permissions=1 << 13)
+    long_prompt = "a **bold** lighthouse \u202eat night " + "with many details " * 8
+    first, _ = await imagine(fd, ivy, prompt="a quiet harbour")
+    second, _ = await imagine(fd, ivy, prompt=long_prompt)
+    theirs, _ = await imagine(fd, jon, prompt="a windmill")
+
+    def ids(choices) -> list[int]:
+        return [c["value"] for c in choices]
+
+    mine = await fd.autocomplete(ivy, "remix", {}, focused="generation")
+    assert ids(mine)[:2] == [second, first] and theirs not in ids(mine)
+    assert all(len(c["name"]) <= 100 for c in mine)
+    assert mine[1]["name"] == f"#{first} — a quiet harbour"
+    assert mine[0]["name"].startswith(f"#{second} — a **bold** lighthouse at night with")
+    assert mine[0]["name"].endswith("…") and "\u202e" not in mine[0]["name"]
+    typed = await fd.autocomplete(ivy, "remix", {"generation": "harb"}, focused="generation")
+    assert ids(typed) == [first]
+    by_number = await fd.autocomplete(
+        ivy, "info", {"generation": f"#{theirs}"}, focused="generation"
+    )
+    assert theirs in ids(by_number)
+    own_only = await fd.autocomplete(ivy, "delete", {}, focused="generation")
+    assert theirs not in ids(own_only) and {first, second} <= set(ids(own_only))
+    anyones = await fd.autocomplete(teacher, "delete", {}, focused="generation")
+    assert {first, second, theirs} <= set(ids(anyones))
+    refused = await bot.repos.generations.log_refusal(
+        bot.services.derive.new_request(prompt="a refused kite"),
+        JobOrigin(user_id=jon.id, guild_id=fd.guild.id, channel_id=fd.channel.id),
+        reason="bad_input",
+        message="x",
+    )
+    assert refused.id in ids(await fd.autocomplete(teacher, "info", {}, focused="generation"))
+    assert refused.id not in ids(await fd.autocomplete(jon, "info", {}, focused="generation"))
+
+    assert await fd.autocomplete(ivy, "cancel", {}, focused="generation") == []
+    slow = await queued_id(
+        await fd.invoke(ivy, "imagine", {"prompt": "a slow owl", "steps": 50, "count": 4})
+    )
+    waiting = await queued_id(await fd.invoke(ivy, "imagine", {"prompt": "a patient owl"}))
+    jobs = await fd.autocomplete(ivy, "cancel", {}, focused="generation")
+    assert ids(jobs) == [slow, waiting]
+    assert re.fullmatch(rf"#{waiting} — a patient owl \((position \d+|running)\)", jobs[1]["name"])
+    assert await fd.autocomplete(jon, "cancel", {}, focused="generation") == []
+    patient = await fd.autocomplete(ivy, "cancel", {"generation": "patient"}, focused="generation")
+    assert ids(patient) == [waiting]
+    await (await fd.invoke(ivy, "cancel", {})).response()
