@@ -238,7 +238,7 @@ async def test_banned_word_in_disguise_is_refused_logged_and_reviewed(world):
     audit = await audit_text(w)
     for action in ("banned word added", "release", "remove", "banned word removed"):
         assert action in audit
-    assert f"#{first}" in audit and "`kraken`" in audit
+    assert f"#{first}" in audit and "“kraken”" in audit
     assert "banned the word “kraken”" in log_lines(w)
 
 
