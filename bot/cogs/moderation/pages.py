@@ -153,8 +153,10 @@ def words_message(words: Sequence[str]) -> dict[str, Any]:
         f"**{plural(len(words), 'banned word')}** (matched on whole words, after folding "
         "case, accents, full-width letters and invisible characters):"
     )
-    if len(body) <= 1800:
+    if len(body) <= 1800 and "`" not in body:
         return {"content": f"{head}\n```\n{body}\n```"}
+    if len(body) <= 900:  # a backtick would end the code block: each word shown as typed
+        return {"content": clip("\n".join([head, *(literal(w) for w in words)]), 2000)}
     return {
         "content": head,
         "file": discord.File(io.BytesIO(body.encode()), filename="banned-words.txt"),

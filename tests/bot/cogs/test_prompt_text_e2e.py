@@ -204,3 +204,13 @@ async def test_mentions_logged_before_the_check_are_shown_as_text(world):
     assert_literal(info["description"], old, where="/info", inline=False)
     log = (await ask(w, w.mod, "mod log", {"contains": "old @"})).embeds[0]
     assert_literal(log["description"], old, where="/mod log", allowed=frozenset({"quote"}))
+
+
+def test_banned_words_with_backticks_are_listed_as_typed():
+    """A banned word holding ``` cannot end /mod words list's code block and format the rest."""
+    from bot.cogs.moderation.pages import words_message
+
+    words = ["kraken", "a```**b** <t:0>"]
+    content = words_message(words)["content"]
+    for word in words:
+        assert_literal(content, word, where="/mod words list")
