@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -139,8 +140,10 @@ def prepare_upload(data: bytes, limits: UploadLimits, aspect: str | None = None)
     try:
         # Opening reads the header only; restricting the decoders keeps Pillow to what we sniffed.
         image = Image.open(io.BytesIO(data), formats=[kind])
-    except Image.DecompressionBombError:
-        raise UploadError(_too_many_pixels(None, limits)) from None
+    except Image.DecompressionBombError as error:
+        # Pillow's own guard (far above ours) fired while reading the header: same refusal.
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise UploadError(_too_many_pixels(int(found[1]) if found else None, limits)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UploadError(UNREADABLE) from None
     with image:
@@ -149,7 +152,7 @@ def prepare_upload(data: bytes, limits: UploadLimits, aspect: str | None = None)
         width, height = image.size
         # The decompression-bomb guard: the header's pixel count, before any pixel is decoded.
         if width * height > limits.max_source_pixels:
-            raise UploadError(_too_many_pixels((width, height), limits))
+            raise UploadError(_too_many_pixels(width * height, limits, (width, height)))
         if min(width, height) < MIN_SIDE:
             raise UploadError(
                 f"That image is {width}×{height} pixels; send one at least {MIN_SIDE} pixels "
@@ -170,8 +173,8 @@ def prepare_upload(data: bytes, limits: UploadLimits, aspect: str | None = None)
             image.draft(None, (side, side))
         try:
             image.load()
-            upright_image = ImageOps.exif_transpose(image)
-            rgb = _to_srgb(upright_image)
+            upright_image = ImageOps.exif_transpose(image) if orientation != 1 else image
+            rgb = _to_srgb(_shrink(upright_image, target))
         except (OSError, SyntaxError, ValueError):
             raise UploadError(UNREADABLE) from None
     fitted = _cover(rgb, target)
@@ -187,14 +190,16 @@ def prepare_upload(data: bytes, limits: UploadLimits, aspect: str | None = None)
     )
 
 
-def _too_many_pixels(size: tuple[int, int] | None, limits: UploadLimits) -> str:
+def _too_many_pixels(
+    pixels: int | None, limits: UploadLimits, size: tuple[int, int] | None = None
+) -> str:
     cap = _megapixels(limits.max_source_pixels)
-    if size is None:
+    if pixels is None:
         return f"That image has too many pixels; send one of at most {cap} megapixels."
-    width, height = size
+    dims = f"{size[0]}×{size[1]} pixels, " if size else ""
     return (
-        f"That image is {width}×{height} pixels ({_megapixels(width * height)} megapixels); "
-        f"send one of at most {cap} megapixels."
+        f"That image is too large ({dims}{_megapixels(pixels)} megapixels); send one of at "
+        f"most {cap} megapixels."
     )
 
 
@@ -230,6 +235,19 @@ def _to_srgb(image: Image) -> Image:
         except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
             pass  # an unreadable profile: take the numbers as sRGB, as browsers do
     return image.convert("RGB")
+
+
+def _shrink(image: Image, target: tuple[int, int]) -> Image:
+    """A cheap whole-number box reduction first, while the image stays twice the target (so
+    colour conversion and the final resize work on a small copy)."""
+    factor = int(min(image.width / (2 * target[0]), image.height / (2 * target[1])))
+    if factor < 2:
+        return image
+    try:
+        reduced: Image = image.reduce(factor)
+    except ValueError:  # a mode reduce() does not take (1-bit, palette): leave it whole
+        return image
+    return reduced
 
 
 def _cover(image: Image, size: tuple[int, int]) -> Image:
