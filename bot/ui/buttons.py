@@ -193,8 +193,8 @@ class OutpaintSelect(
                 custom_id=f"easel:outpaint:{gen_id}",
                 placeholder="🔭 Zoom out or pan" + (" an image…" if several else "…"),
                 options=options or [discord.SelectOption(label="—", value="none")],
-                row=OUTPAINT_ROW,
-            )
+            ),
+            row=OUTPAINT_ROW,
         )
         self.gen_id = gen_id
 
