@@ -489,5 +489,5 @@ async def test_a_flagged_upload_is_refused_and_reviewed(world):
     assert await w.fd.fetch_attachment(shown) == await w.bot.repos.images.read_upload(gen)
     assert "from an uploaded image" in text_of(await mod(w, "mod log"))
     await press(w, card, "Remove")
-    assert "Nothing is waiting" in card.content
+    assert "Nothing is waiting" in card.content and f"Removed #{gen.id}'s upload" in card.content
     assert (await w.bot.repos.generations.get(gen.id)).review == "removed"
