@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 
+import aiohttp
 import discord
 
 from inference.engine import ModelLoadError
@@ -56,14 +57,25 @@ def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike)
     )
 
 
-def build_bot(settings: Settings, repos: Repositories, worker: Worker) -> EaselBot:
-    """Scheduler → services → client, over opened repositories and a started worker."""
+def build_bot(
+    settings: Settings,
+    repos: Repositories,
+    worker: Worker,
+    http_session: aiohttp.ClientSession | None = None,
+) -> EaselBot:
+    """Scheduler → services → client, over opened repositories and a started worker (whose
+    safety checker also screens uploads)."""
     scheduler = build_scheduler(settings, repos, worker)
     log_channel = LogChannel(repos, settings.discord.log_channel_id)
     services = Services.build(
-        settings, repos, scheduler, log_channel, native_size=lambda: worker.native_size
+        settings,
+        repos,
+        scheduler,
+        log_channel,
+        native_size=lambda: worker.native_size,
+        screener=worker,
     )
-    return EaselBot(settings, repos, scheduler, services, log_channel, worker)
+    return EaselBot(settings, repos, scheduler, services, log_channel, worker, http_session)
 
 
 async def run(settings: Settings) -> None:
@@ -74,7 +86,10 @@ async def run(settings: Settings) -> None:
         worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
         await worker.start()
         try:
-            async with build_bot(settings, repos, worker) as bot:
+            async with (
+                aiohttp.ClientSession() as http_session,
+                build_bot(settings, repos, worker, http_session) as bot,
+            ):
                 loop = asyncio.get_running_loop()
                 with contextlib.suppress(NotImplementedError):
                     loop.add_signal_handler(

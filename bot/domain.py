@@ -65,11 +65,13 @@ class Kind(_Worded):
     REMIX = "remix", "remix"
     VARY = "vary", "variation"
     UPSCALE = "upscale", "upscale"
+    ZOOM = "zoom", "zoom out"
+    PAN = "pan", "pan"
 
     @property
     def from_one_image(self) -> bool:
         """Made from one image of its parent (its lineage names which one)."""
-        return self in (Kind.VARY, Kind.UPSCALE)
+        return self in (Kind.VARY, Kind.UPSCALE, Kind.ZOOM, Kind.PAN)
 
 
 class RefusalReason(_Worded):
@@ -81,11 +83,13 @@ class RefusalReason(_Worded):
     OVER_CAP = "over_cap", "too many waiting"
     OVER_QUOTA = "over_quota", "daily quota used"
     PAUSED = "paused", "queue paused"
+    FLAGGED_UPLOAD = "flagged_upload", "upload flagged by the safety checker"
 
     @property
     def needs_review(self) -> bool:
-        """A prompt refused for a banned word waits for a moderator's look."""
-        return self is RefusalReason.BANNED_WORD
+        """A prompt refused for a banned word, or an upload the safety checker flagged, waits
+        for a moderator's look."""
+        return self in (RefusalReason.BANNED_WORD, RefusalReason.FLAGGED_UPLOAD)
 
 
 class ReviewState(_Worded):
@@ -224,6 +228,9 @@ class Generation:
     reviewed_at: datetime | None
     status_line: StatusLine | None = None
     images: tuple[ImageRow, ...] = ()
+    # The file (under the data folder's uploads/) of the image the member uploaded with this
+    # request, re-encoded; None when there was no upload.
+    upload: str | None = None
 
     @property
     def prompt(self) -> str:
@@ -232,6 +239,10 @@ class Generation:
     @property
     def negative(self) -> str:
         return str(self.recipe.get("negative", ""))
+
+    @property
+    def has_upload(self) -> bool:
+        return self.upload is not None
 
     @property
     def request(self) -> GenerationRequest:

@@ -63,6 +63,8 @@ class DiscordSettings:
     log_channel_id: int = field(default=0, metadata=_range(0))
     progress_interval: float = field(default=1.0, metadata=_range(0.2, 60))
     progress_preview: bool = True
+    # Seconds a download of an uploaded image may take.
+    download_timeout: float = field(default=20.0, metadata=_range(1, 300))
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ModelSettings:
     compile: bool = False
     safety_checker: bool = True
     upscaler: str = ""
+    inpaint: str = ""
     load_timeout: float = field(default=900, metadata=_range(1))
 
 
@@ -97,6 +100,13 @@ class GenerationSettings:
     max_pixels: int = field(default=1048576, metadata=_range(64 * 64))
     vary_strength: float = field(default=0.6, metadata=_range(0.05, 1))
     upscale_strength: float = field(default=0.3, metadata=_range(0.05, 1))
+    # Uploads: /imagine's `strength` when none is given, the largest file, and the most pixels
+    # an upload may have (checked before it is decoded: a small file can hold a huge image).
+    upload_strength: float = field(default=0.6, metadata=_range(0.05, 1))
+    max_upload_mb: float = field(default=8.0, metadata=_range(0.1, 100))
+    max_upload_megapixels: float = field(default=50.0, metadata=_range(0.01, 400))
+    # How much Zoom out and Pan repaint of the new area (1 = paint it from scratch).
+    outpaint_strength: float = field(default=1.0, metadata=_range(0.05, 1))
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,7 @@ class Settings:
             compile=m.compile,
             safety_checker=m.safety_checker,
             upscaler=m.upscaler,
+            inpaint=m.inpaint,
             preview_interval=(
                 self.discord.progress_interval if self.discord.progress_preview else 0.0
             ),

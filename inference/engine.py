@@ -6,6 +6,7 @@ It knows torch and diffusers and nothing of Discord. The worker process owns one
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -70,6 +71,9 @@ class EngineConfig:
     safety_checker: bool = True
     # Optional latent upscaler (hub id or folder); empty = resize + image-to-image.
     upscaler: str = ""
+    # Optional inpainting checkpoint for Zoom out and Pan; empty = the base model's own
+    # components through AutoPipelineForInpainting.from_pipe (nothing more to download).
+    inpaint: str = ""
     # Seconds between cheap progress previews (latents mapped straight to RGB); 0 = none.
     preview_interval: float = 0.0
     # Test hooks: fail the first N pipeline calls with out-of-memory errors, etc.
@@ -202,6 +206,7 @@ class Engine:
         self.pipe: Any = None
         self._img2img: Any = None
         self._upscaler: Any = None
+        self._inpaint: Any = None
         self.safety_checker: Any = None
         self.feature_extractor: Any = None
         self._base_scheduler_config: Any = None
@@ -280,11 +285,33 @@ class Engine:
             except Exception as error:
                 raise ModelLoadError(_explain_load_error(self.config.upscaler, error)) from None
             self._upscaler.set_progress_bar_config(disable=True)
+        self._inpaint = self._load_inpaint(pipe)
         self.load_seconds = time.perf_counter() - started
         log.info(
             "Loaded %s on %s (%s) in %.1f s", model, self.device, self.dtype, self.load_seconds
         )
         return self
+
+    def _load_inpaint(self, pipe: Any) -> Any:
+        """The inpainting pipeline that Zoom out and Pan paint with."""
+        from diffusers import AutoPipelineForInpainting
+
+        if self.config.inpaint:
+            try:
+                inpaint = AutoPipelineForInpainting.from_pretrained(
+                    self.config.inpaint, dtype=self.dtype
+                ).to(self.device)
+            except Exception as error:
+                raise ModelLoadError(_explain_load_error(self.config.inpaint, error)) from None
+        else:
+            try:
+                # The base model's own components: no second download, no second copy.
+                inpaint = AutoPipelineForInpainting.from_pipe(pipe)
+            except Exception as error:  # a pipeline family diffusers cannot inpaint with
+                log.warning("%s cannot inpaint (%s): Zoom out and Pan are off", pipe, error)
+                return None
+        inpaint.set_progress_bar_config(disable=True)
+        return inpaint
 
     @property
     def vae_scale_factor(self) -> int:
@@ -465,6 +492,8 @@ class Engine:
                 latents = self.pipe(width=template.width, height=template.height, **common).images
             elif template.mode == "upscale" and self._upscaler is not None:
                 return self._latent_upscale(template, slots, generators)
+            elif template.mode == "outpaint":
+                return self._outpaint(template, scheduler, len(slots), common)
             else:
                 init = self._init_image(template)
                 self._img2img.scheduler = scheduler
@@ -510,6 +539,52 @@ class Engine:
         if image.size != (request.width, request.height):
             image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
         return image
+
+    def _outpaint(
+        self, request: GenerationRequest, scheduler: Any, count: int, common: dict[str, Any]
+    ) -> list[Pixels]:
+        """Zoom out / Pan: paint the new area around the source, then blend it in so that the
+        source's pixels are kept outside the blend band."""
+        import numpy as np
+        from PIL import Image
+
+        from .outpaint import blend_mask, canvas_pixels, composite, paint_mask
+
+        if self._inpaint is None:
+            raise RequestError("This model cannot zoom out or pan (it has no inpainting pipeline).")
+        if request.paste is None:
+            raise RequestError("A zoom or pan needs the place of its source on the canvas.")
+        _, _, width, height = request.paste
+        source = self._init_image(dataclasses.replace(request, width=width, height=height))
+        canvas = canvas_pixels(
+            np.asarray(source, dtype=np.uint8), request.width, request.height, request.paste
+        )
+        blend = blend_mask(request.width, request.height, request.paste, request.feather)
+        mask = Image.fromarray(paint_mask(blend))  # 2-D uint8: mode L
+        self._inpaint.scheduler = scheduler
+        latents = self._inpaint(
+            image=[Image.fromarray(canvas)] * count,
+            mask_image=[mask] * count,
+            width=request.width,
+            height=request.height,
+            strength=request.strength,
+            **common,
+        ).images
+        base = canvas.astype(np.float32) / 255.0
+        return [composite(base, painted, blend) for painted in self._decode(latents)]
+
+    def screen(self, pngs: Sequence[bytes]) -> list[bool]:
+        """The safety checker's verdict on images given as PNG bytes (an upload, before any
+        work is done on it)."""
+        import numpy as np
+        from PIL import Image
+
+        flags = []
+        for png in pngs:
+            with Image.open(io.BytesIO(png)) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            flags += self._safety_flags([pixels])
+        return flags
 
     def _latent_upscale(
         self, request: GenerationRequest, slots: list[_Slot], generators: list[torch.Generator]

@@ -16,8 +16,11 @@ from typing import Any, Literal
 
 MAX_SEED = 2**32 - 1
 
-Mode = Literal["txt2img", "img2img", "upscale"]
-MODES: tuple[str, ...] = ("txt2img", "img2img", "upscale")
+Mode = Literal["txt2img", "img2img", "upscale", "outpaint"]
+MODES: tuple[str, ...] = ("txt2img", "img2img", "upscale", "outpaint")
+
+# An uploaded image keeps its shape up to this ratio of its longer to its shorter side.
+MAX_UPLOAD_RATIO = 4.0
 
 # Width:height of each aspect preset; the area stays close to the model's native square.
 ASPECTS: dict[str, tuple[int, int]] = {
@@ -71,11 +74,19 @@ class GenerationRequest:
     count: int = 1
     sampler: str = "DPM++ 2M Karras"
     mode: Mode = "txt2img"
-    # Source image for img2img / upscale, as PNG bytes, and how far to move away from it.
+    # Source image for img2img / upscale / outpaint, as PNG bytes, and how far to move away
+    # from it.
     init_image: bytes | None = None
     strength: float = 0.6
     model: str = ""
     job_id: str = ""
+    # What an image-to-image request started from, as people read it: "upload" or "#12 image 1".
+    source: str = ""
+    # Outpaint (zoom out, pan): where the source sits on the width × height canvas
+    # (left, top, width, height), and the width in pixels of the band inside it where the
+    # new paint blends into the source (outside the band the source's pixels are kept).
+    paste: tuple[int, int, int, int] | None = None
+    feather: int = 0
 
     def with_seed(self) -> GenerationRequest:
         """A copy whose seed is fixed (a random one if none was given)."""
@@ -120,6 +131,14 @@ class GenerationRequest:
         data.pop("job_id")
         if self.mode == "txt2img":
             data.pop("strength")
+        # Left out when unused, so older recipes (and their PNGs) stay exactly as they were.
+        if not self.source:
+            data.pop("source")
+        if self.paste is None:
+            data.pop("paste")
+            data.pop("feather")
+        else:
+            data["paste"] = list(self.paste)
         return data
 
     def to_json(self) -> str:
@@ -131,6 +150,8 @@ class GenerationRequest:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in recipe.items() if k in known}
         values.update(overrides)
+        if values.get("paste") is not None:
+            values["paste"] = tuple(int(v) for v in values["paste"])
         return cls(**values)
 
 
@@ -230,7 +251,53 @@ def validate(request: GenerationRequest, limits: Limits) -> GenerationRequest:
                 f"{request.steps} step(s) at strength {request.strength:g} leave nothing to do; "
                 f"use at least {needed} steps."
             )
+    if request.mode == "outpaint":
+        _check_paste(request)
     return dataclasses.replace(request, prompt=prompt, negative=(request.negative or "").strip())
+
+
+def _check_paste(request: GenerationRequest) -> None:
+    """An outpaint's source must lie inside its canvas, which it must not fill."""
+    paste = request.paste
+    if paste is None or len(paste) != 4:
+        raise RequestError("A zoom or pan needs the place of its source on the canvas.")
+    left, top, width, height = paste
+    inside = (
+        left >= 0
+        and top >= 0
+        and width > 0
+        and height > 0
+        and left + width <= request.width
+        and top + height <= request.height
+    )
+    if not inside:
+        raise RequestError(
+            f"A zoom or pan of a {width}×{height} image cannot be {request.width}×"
+            f"{request.height}; its size follows from its source, so leave out aspect."
+        )
+    if (width, height) == (request.width, request.height):
+        raise RequestError("A zoom or pan needs a canvas larger than its source.")
+    if request.feather < 0:
+        raise RequestError(f"feather must be 0 or more (got {request.feather}).")
+
+
+def fit_size(
+    width: int, height: int, native: int, max_pixels: int, max_ratio: float = MAX_UPLOAD_RATIO
+) -> tuple[int, int]:
+    """The model's size for an image of `width` × `height`: the same shape (up to
+    `max_ratio`:1), an area of about `native`², both sides multiples of 8, within `max_pixels`."""
+    if width < 1 or height < 1:
+        raise RequestError("An image needs a width and a height.")
+    ratio = min(max(width / height, 1 / max_ratio), max_ratio)
+    area = min(native * native, max_pixels)
+    new_width = max(8, int((area * ratio) ** 0.5) // 8 * 8)
+    new_height = max(8, int((area / ratio) ** 0.5) // 8 * 8)
+    while new_width * new_height > max_pixels and min(new_width, new_height) > 8:
+        if new_width >= new_height:
+            new_width -= 8
+        else:
+            new_height -= 8
+    return new_width, new_height
 
 
 def aspect_size(aspect: str, native: int) -> tuple[int, int]:

@@ -51,11 +51,19 @@ class CancelJob:
 
 
 @dataclass(frozen=True)
+class ScreenImages:
+    """Run the safety checker on images (PNG bytes), e.g. an upload before any work on it."""
+
+    screen_id: int
+    pngs: list[bytes]
+
+
+@dataclass(frozen=True)
 class Stop:
     pass
 
 
-ToWorker = RunBatch | CancelJob | Stop
+ToWorker = RunBatch | CancelJob | ScreenImages | Stop
 
 
 # --- child → parent ----------------------------------------------------------------------------
@@ -92,7 +100,19 @@ class BatchFailed:
     error: str
 
 
-FromWorker = Ready | LoadFailed | Progress | BatchDone | BatchFailed
+@dataclass(frozen=True)
+class Screened:
+    screen_id: int
+    flags: list[bool]
+
+
+@dataclass(frozen=True)
+class ScreenFailed:
+    screen_id: int
+    error: str
+
+
+FromWorker = Ready | LoadFailed | Progress | BatchDone | BatchFailed | Screened | ScreenFailed
 
 CRASHED_TWICE = (
     "The image worker crashed twice while making this image, so it was skipped; "
@@ -148,7 +168,8 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
         )
     )
 
-    jobs: queue.Queue[RunBatch | None] = queue.Queue()
+    # Batches and screenings, in the order they came: one thing on the GPU at a time.
+    jobs: queue.Queue[RunBatch | ScreenImages | None] = queue.Queue()
     cancelled: set[str] = set()
     step_delay = float(config.extra.get("step_delay", 0.0))
 
@@ -162,7 +183,7 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
             match message:
                 case CancelJob(job_id):
                     cancelled.add(job_id)
-                case RunBatch():
+                case RunBatch() | ScreenImages():
                     jobs.put(message)
                 case Stop():
                     jobs.put(None)
@@ -170,6 +191,13 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
 
     threading.Thread(target=listen, name="easel-worker-inbox", daemon=True).start()
     while (run := jobs.get()) is not None:
+        if isinstance(run, ScreenImages):
+            try:
+                outbox.send(Screened(run.screen_id, engine.screen(run.pngs)))
+            except Exception as error:  # an unreadable image must not kill the worker
+                log.exception("Screening %s failed", run.screen_id)
+                outbox.send(ScreenFailed(run.screen_id, f"{type(error).__name__}: {error}"))
+            continue
         previews: dict[int, bytes] = {}
 
         def progress(
@@ -224,6 +252,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._pending: dict[int, _Pending] = {}
+        self._screens: dict[int, asyncio.Future[list[bool]]] = {}
         self._ids = itertools.count(1)
         self._run_lock = asyncio.Lock()
         self._cancelled: set[str] = set()
@@ -337,6 +366,14 @@ class Worker:
                 failed = self._pending.pop(batch_id, None)
                 if failed is not None and not failed.future.done():
                     failed.future.set_exception(RuntimeError(error))
+            case Screened(screen_id, flags):
+                screened = self._screens.pop(screen_id, None)
+                if screened is not None and not screened.done():
+                    screened.set_result(list(flags))
+            case ScreenFailed(screen_id, error):
+                unscreened = self._screens.pop(screen_id, None)
+                if unscreened is not None and not unscreened.done():
+                    unscreened.set_exception(RuntimeError(error))
 
     def _on_exit(self, ready: asyncio.Future[dict[str, Any]]) -> None:
         if not ready.done():
@@ -349,6 +386,10 @@ class Worker:
         for entry in pending.values():
             if not entry.future.done():
                 entry.future.set_exception(WorkerCrashed("The worker process died."))
+        screens, self._screens = self._screens, {}
+        for future in screens.values():
+            if not future.done():
+                future.set_exception(WorkerCrashed("The worker process died."))
 
     async def run(
         self, batch: list[GenerationRequest], on_progress: JobProgress | None = None
@@ -403,6 +444,27 @@ class Worker:
             self._pending.pop(batch_id, None)
             raise WorkerCrashed("The worker process is gone.") from None
         return await future
+
+    async def screen(self, pngs: list[bytes]) -> list[bool]:
+        """The safety checker's verdict on each image (PNG bytes), from the worker that owns
+        the checker: after the batch running now, before the next one. A crash restarts the
+        worker and asks once more; a second one raises WorkerCrashed, a bad image RuntimeError."""
+        async with self._run_lock:
+            for _attempt in (1, 2):
+                if not self.alive:
+                    await self._restart()
+                assert self._loop is not None and self._inbox is not None
+                screen_id = next(self._ids)
+                future: asyncio.Future[list[bool]] = self._loop.create_future()
+                self._screens[screen_id] = future
+                try:
+                    self._inbox.send(ScreenImages(screen_id, list(pngs)))
+                    return await future
+                except (BrokenPipeError, OSError, WorkerCrashed):
+                    self._screens.pop(screen_id, None)
+                    log.error("Worker crashed screening %d image(s)", len(pngs))
+                    await self._restart()
+            raise WorkerCrashed("The image worker crashed twice while checking the image.")
 
     def cancel(self, job_id: str) -> None:
         """Stop a running job between steps; its result comes back with `cancelled=True`."""

@@ -28,6 +28,9 @@ RECIPE_COLUMNS: tuple[str, ...] = (
     "mode",
     "strength",
     "model",
+    "source",  # what an image-to-image request started from ("upload", "#12 image 1")
+    "paste",  # zoom out / pan: the source's place on the canvas (left, top, width, height)
+    "feather",  # zoom out / pan: the blend band in pixels
 )
 
 # Columns of `rows` / `export_rows`, in CSV order.
@@ -47,6 +50,7 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "refusal_message",
     "error",
     *RECIPE_COLUMNS,
+    "upload",
     "image_seed",
     "image_flagged",
     "image_review",
@@ -82,6 +86,8 @@ def export_row(gen: Generation, image: ImageRow | None) -> dict[str, Any]:
         "refusal_reason": _plain(gen.refusal_reason),
         "refusal_message": gen.refusal_message,
         "error": gen.error,
+        # The request came with an uploaded image: its file under the data folder.
+        "upload": None if gen.upload is None else f"uploads/{gen.upload}",
         "image_seed": None if image is None else image.seed,
         "image_flagged": None if image is None else int(image.flagged),
         "image_review": None if image is None else _plain(image.review),
@@ -95,7 +101,8 @@ def export_row(gen: Generation, image: ImageRow | None) -> dict[str, Any]:
         "deleted_by": gen.deleted_by,
     }
     for key in RECIPE_COLUMNS:
-        row[key] = gen.recipe.get(key)
+        value = gen.recipe.get(key)
+        row[key] = " ".join(str(v) for v in value) if isinstance(value, list) else value
     return {column: row.get(column) for column in EXPORT_COLUMNS}
 
 

@@ -44,7 +44,7 @@ GEN_COLUMNS = """
     status, refusal_reason, refusal_message, error, flagged, prompt_truncated, runs, attempts,
     batch_size, created_at, queued_at, started_at, finished_at, inference_seconds, timings,
     message_channel_id, message_id, delivered_at, deleted_at, deleted_by, review, reviewed_by,
-    reviewed_at, status_channel_id, status_message_id
+    reviewed_at, status_channel_id, status_message_id, upload
 """
 
 # What others may see of a member's log: not refused requests, not deleted results.
@@ -96,6 +96,7 @@ def generation_from_row(row: sqlite3.Row, images: Sequence[ImageRow] = ()) -> Ge
         reviewed_at=to_datetime(row["reviewed_at"]),
         status_line=status_line,
         images=tuple(images),
+        upload=row["upload"],
     )
 
 
@@ -420,6 +421,17 @@ class GenerationRepository:
             (self.db.now(), int(by), int(gen_id)),
         )
         return bool(changed)
+
+    async def attach_upload(self, gen_id: int, png: bytes, *, flagged: bool = False) -> Generation:
+        """Keep the image a member uploaded with request #`gen_id` (already re-encoded): the
+        file first, named by the id, then the row that names it (and whether the safety
+        checker flagged it)."""
+        name = await self.files.write_upload(gen_id, png)
+        await self.db.write(
+            "UPDATE generations SET upload = ?, flagged = MAX(flagged, ?) WHERE id = ?",
+            (name, int(flagged), int(gen_id)),
+        )
+        return await self.require(gen_id)
 
     # -- status lines --------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Image files and image rows.
 
 Images are files `<images_dir>/<generation id>_<index>.png`, never named by user input; a
-file is written (atomically) before the row that points at it commits.
+file is written (atomically) before the row that points at it commits. An image a member
+uploaded is kept, re-encoded, as `<uploads_dir>/<generation id>.png` (beside the images folder).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ IMAGE_COLUMNS = """
 class ImageFiles:
     """The PNG files of every generation, and their rows in the `images` table."""
 
-    def __init__(self, db: Database, images_dir: Path):
+    def __init__(self, db: Database, images_dir: Path, uploads_dir: Path | None = None):
         self.db = db
         self.images_dir = images_dir
+        self.uploads_dir = uploads_dir if uploads_dir is not None else images_dir.parent / "uploads"
         images_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, generation_id: int, index: int) -> Path:
         """Where image `index` of generation `generation_id` lives (named by ids only)."""
@@ -88,15 +91,53 @@ class ImageFiles:
         except FileNotFoundError:
             raise StoreError(f"The image file of #{gen_id} image {index + 1} is missing.") from None
 
+    async def write_upload(self, generation_id: int, png: bytes) -> str:
+        """Keep an upload as `<generation id>.png` (atomic); returns the file's name."""
+        name = f"{int(generation_id)}.png"
+        await asyncio.to_thread(self._write, self.uploads_dir / name, png)
+        return name
+
+    async def read_upload(self, gen: Generation) -> bytes:
+        """The PNG bytes of the image uploaded with `gen` (StoreError if there is none)."""
+        if gen.upload is None:
+            raise StoreError(f"#{gen.id} was not made from an uploaded image.")
+        return await self._read_upload(gen.id, gen.upload)
+
+    async def _read_upload(self, gen_id: int, name: str) -> bytes:
+        try:
+            return await asyncio.to_thread((self.uploads_dir / Path(name).name).read_bytes)
+        except FileNotFoundError:
+            raise StoreError(f"The uploaded image of #{gen_id} is missing.") from None
+
+    async def source_of(self, gen: Generation) -> bytes:
+        """The image an image-to-image job starts from: its upload, the parent's image it was
+        made from, or (a reroll or remix of such a job) that job's own source."""
+        upload, parent_id, parent_index = gen.upload, gen.parent_id, gen.parent_image_index
+        owner = gen.id
+        for _ in range(100):  # a family tree deeper than this is a loop in broken data
+            if upload is not None:
+                return await self._read_upload(owner, upload)
+            if parent_id is None:
+                break
+            if parent_index is not None:
+                return await self.read(parent_id, parent_index)
+            row = await self.db.one(
+                "SELECT upload, parent_id, parent_image_index FROM generations WHERE id = ?",
+                (parent_id,),
+            )
+            if row is None:
+                break
+            owner = parent_id
+            upload, parent_id, parent_index = row[0], row[1], row[2]
+        raise StoreError(f"#{gen.id} has no source image to work from.")
+
     # -- requests and results rebuilt from disk ------------------------------------------------
 
     async def load_request(self, gen: Generation) -> GenerationRequest:
         """The runnable request of a logged job: recipe + job id + the source image from disk."""
         request = gen.request
         if request.mode != "txt2img" and request.init_image is None:
-            if gen.parent_id is None or gen.parent_image_index is None:
-                raise StoreError(f"#{gen.id} has no source image to work from.")
-            png = await self.read(gen.parent_id, gen.parent_image_index)
+            png = await self.source_of(gen)
             request = GenerationRequest.from_recipe(gen.recipe, job_id=str(gen.id), init_image=png)
         return request
 

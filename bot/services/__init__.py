@@ -16,6 +16,7 @@ from .derive import Derivations, Derived
 from .jobs import Jobs
 from .moderation import Moderation
 from .modlog import ModLog
+from .uploads import Screener, Uploads
 from .words import WordLists
 
 
@@ -26,6 +27,7 @@ class Services:
     jobs: Jobs
     moderation: Moderation
     words: WordLists
+    uploads: Uploads
 
     @classmethod
     def build(
@@ -35,14 +37,18 @@ class Services:
         scheduler: Scheduler,
         modlog: ModLog,
         native_size: Callable[[], int],
+        screener: Screener | None = None,
     ) -> Services:
+        """`screener`: the safety checker for uploads (the inference worker); without one,
+        uploads are refused."""
         words = WordLists(repos, settings.moderation)
         return cls(
-            admission=Admission(settings, repos, scheduler, words, modlog),
+            admission=Admission(settings, repos, scheduler, words, modlog, screener),
             derive=Derivations(settings, repos, native_size),
             jobs=Jobs(repos, scheduler, modlog),
             moderation=Moderation(settings, repos, scheduler, words, modlog),
             words=words,
+            uploads=Uploads(settings, native_size),
         )
 
 

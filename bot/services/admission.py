@@ -1,13 +1,17 @@
 """Admission: the one place that decides whether a request joins the queue, and that logs
 every refusal (with its reason, for /mod log) and every acceptance.
 
-A request is refused, in this order, for bad input (validation, mentions), a banned word, a
-banned member, a paused queue, too many waiting jobs, the daily quota, or an unknown source.
+A request is refused, in this order, for bad input (validation, mentions), a banned word, an
+uploaded image the safety checker flagged, a banned member, a paused queue, too many waiting
+jobs, the daily quota, or an unknown source. A request that came with an upload keeps it (the
+re-encoded file) whether it was accepted or refused, so moderators see what was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
@@ -20,7 +24,10 @@ from bot.text import literal
 from inference.request import GenerationRequest, RequestError, validate
 
 from .modlog import ModLog
+from .uploads import FLAGGED, Screener
 from .words import WordLists
+
+log = logging.getLogger(__name__)
 
 # Anywhere, not only as a word: Discord shows the `@everyone` of `@everyone_` or `x@herex` as a
 # mention too.
@@ -58,41 +65,53 @@ class Admission:
         scheduler: Scheduler,
         words: WordLists,
         modlog: ModLog,
+        screener: Screener | None = None,
     ):
         self.settings = settings
         self.repos = repos
         self.scheduler = scheduler
         self.words = words
         self.modlog = modlog
+        self.screener = screener
         # The checks against the queue and the write that joins it happen as one step.
         self._lock = asyncio.Lock()
 
     async def admit(
-        self, request: GenerationRequest, origin: JobOrigin, actor: Actor | None = None
+        self,
+        request: GenerationRequest,
+        origin: JobOrigin,
+        actor: Actor | None = None,
+        *,
+        upload: bytes | None = None,
     ) -> Generation:
-        """Queue the request or raise `Refused` (logged, with one sentence for the member)."""
+        """Queue the request or raise `Refused` (logged, with one sentence for the member).
+
+        `upload`: the member's uploaded image, already checked and re-encoded
+        (`bot.services.uploads.prepare_upload`); the job starts from it once the safety checker
+        has passed it.
+        """
+        if upload is not None:
+            request = dataclasses.replace(request, init_image=upload)
         try:
             request = validate(request, self.settings.limits)
             refuse_mentions(request)
         except RequestError as error:
             line = f"refused (bad input): {error}"
-            await self._refuse(request, origin, actor, RefusalReason.BAD_INPUT, str(error), line)
+            await self._refuse(
+                request, origin, actor, RefusalReason.BAD_INPUT, str(error), line, upload=upload
+            )
         banned = await self.words.banned_in(origin.guild_id, request)
         if banned is not None:
-            gen = await self.repos.generations.log_refusal(
-                request, origin, reason=RefusalReason.BANNED_WORD, message=BANNED_WORD
+            line = f"(banned word “{literal(banned)}”): {literal(request.prompt, 200)}"
+            await self._refuse(
+                request, origin, actor, RefusalReason.BANNED_WORD, BANNED_WORD, line, upload=upload
             )
-            await self.modlog.write(
-                origin.guild_id,
-                f"refused #{gen.id} (banned word “{literal(banned)}”): "
-                + literal(request.prompt, 200),
-                actor,
-            )
-            raise Refused(RefusalReason.BANNED_WORD, BANNED_WORD, gen)
+        if upload is not None:
+            await self._screen(request, origin, actor, upload)
         async with self._lock:
             reason, message = await self._queue_refusal(origin)
             if reason is not None:
-                await self._refuse(request, origin, actor, reason, message)
+                await self._refuse(request, origin, actor, reason, message, upload=upload)
             try:
                 gen = await self.scheduler.submit(request, origin)
             except StoreError as error:
@@ -101,11 +120,54 @@ class Admission:
                 # The source generation is unknown: a refusal the member can act on.
                 message = f"{error} Check the number and try again."
                 await self._refuse(request, origin, actor, RefusalReason.BAD_INPUT, message)
+        if upload is not None:
+            gen = await self.repos.generations.attach_upload(gen.id, upload)
         line = f"queued #{gen.id} ({origin.kind}): {literal(request.prompt, 300)}"
         if origin.parent_id is not None:
             line += f" — from #{origin.parent_id}"
+        if upload is not None:
+            line += " — from an uploaded image"
         await self.modlog.write(origin.guild_id, line, actor)
         return gen
+
+    async def _screen(
+        self, request: GenerationRequest, origin: JobOrigin, actor: Actor | None, upload: bytes
+    ) -> None:
+        """The safety checker looks at the upload before any work is done on it; a flagged one
+        is refused and waits in /mod review like a flagged result."""
+        if self.screener is None:
+            raise UserError("Uploads cannot be checked here, so they are not taken.")
+        try:
+            (flagged,) = await self.screener.screen([upload])
+        except Exception:
+            log.exception("The safety checker could not look at an upload")
+            raise UserError(
+                "That image could not be checked just now; try again in a minute."
+            ) from None
+        if flagged:
+            await self._refuse(
+                request,
+                origin,
+                actor,
+                RefusalReason.FLAGGED_UPLOAD,
+                FLAGGED,
+                f"(upload flagged by the safety checker; see /mod review): "
+                f"{literal(request.prompt, 200)}",
+                upload=upload,
+                flagged=True,
+            )
+
+    async def refuse(
+        self,
+        request: GenerationRequest,
+        origin: JobOrigin,
+        actor: Actor | None,
+        reason: RefusalReason,
+        message: str,
+    ) -> NoReturn:
+        """Log a request refused before it could be admitted (e.g. an upload that is not an
+        image, or could not be downloaded) and raise `Refused`."""
+        await self._refuse(request, origin, actor, reason, message, f"({reason}): {message}")
 
     async def _refuse(
         self,
@@ -115,11 +177,16 @@ class Admission:
         reason: RefusalReason,
         message: str,
         line: str | None = None,
+        *,
+        upload: bytes | None = None,
+        flagged: bool = False,
     ) -> NoReturn:
         gen = await self.repos.generations.log_refusal(
             request, origin, reason=reason, message=message
         )
-        line = line or f"refused ({reason}): {literal(request.prompt, 200)}"
+        if upload is not None:
+            gen = await self.repos.generations.attach_upload(gen.id, upload, flagged=flagged)
+        line = f"refused #{gen.id} " + (line or f"({reason}): {literal(request.prompt, 200)}")
         await self.modlog.write(origin.guild_id, line, actor)
         raise Refused(reason, message, gen)
 

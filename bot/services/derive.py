@@ -1,4 +1,5 @@
-"""Derivations: new jobs made from an existing image (reroll, remix, vary, upscale).
+"""Derivations: new jobs made from an existing image (reroll, remix, vary, upscale, zoom out,
+pan).
 
 Each one checks that its source may be built on (this server's, not refused, not deleted,
 finished, not withheld) and returns the request with its lineage; the caller submits it through
@@ -17,6 +18,7 @@ from typing import Any
 from bot.db import Repositories, StoreError
 from bot.domain import Generation, JobOrigin, Kind, Status, UserError
 from bot.settings import Settings
+from inference import outpaint
 from inference.request import GenerationRequest
 
 from .visibility import may_build_on
@@ -114,11 +116,23 @@ class Derivations:
             raise UserError(str(error)) from None
 
     async def _grandparent_png(self, guild_id: int | None, parent: Generation) -> bytes:
-        """The image a variation or upscale was made from, if it may still be built on."""
-        if parent.parent_id is None or parent.parent_image_index is None:
-            raise UserError("The source image of this remix is gone.")
-        await self.source(guild_id, parent.parent_id, parent.parent_image_index)
-        return await self._source_png(parent.parent_id, parent.parent_image_index)
+        """The image an image-to-image generation started from, if it may still be built on:
+        the image it was uploaded with, the image of its parent it was made from (a variation,
+        upscale, zoom or pan), or, for a reroll or remix of one, that one's source."""
+        gen = parent
+        for _ in range(100):  # deeper than this is a loop in broken data
+            if gen.upload is not None:
+                try:
+                    return await self.repos.images.read_upload(gen)
+                except StoreError as error:
+                    raise UserError(str(error)) from None
+            if gen.parent_id is None:
+                break
+            if gen.parent_image_index is not None:
+                await self.source(guild_id, gen.parent_id, gen.parent_image_index)
+                return await self._source_png(gen.parent_id, gen.parent_image_index)
+            gen = await self.here(guild_id, gen.parent_id)
+        raise UserError("The source image of this remix is gone.")
 
     async def _same_source(
         self, guild_id: int | None, parent: Generation, request: GenerationRequest
@@ -160,6 +174,9 @@ class Derivations:
             count=1,
             job_id="",
             init_image=await self._source_png(gen_id, index),
+            source=f"#{gen_id} image {index + 1}",
+            paste=None,  # a variation of a zoom or pan is plain image-to-image
+            feather=0,
             strength=strength,
             steps=enough_steps(parent.request.steps, strength),
             width=image.width or parent.request.width,
@@ -180,9 +197,76 @@ class Derivations:
             count=1,
             job_id="",
             init_image=await self._source_png(gen_id, index),
+            source=f"#{gen_id} image {index + 1}",
+            paste=None,
+            feather=0,
             width=(image.width or parent.request.width) * 2,
             height=(image.height or parent.request.height) * 2,
             strength=strength,
             steps=enough_steps(parent.request.steps, strength),
         )
         return Derived(request, Kind.UPSCALE, parent, index)
+
+    async def zoom(self, guild_id: int | None, gen_id: int, index: int, factor: float) -> Derived:
+        """🔭 Zoom out: the image in the middle of a canvas `factor` times its size, the new
+        area painted around it."""
+        parent, png, width, height = await self._outpaint_source(guild_id, gen_id, index)
+        geometry = outpaint.zoom_out(width, height, factor)
+        what = f"Zooming out {factor:g}×"
+        return self._outpaint(parent, index, png, geometry, Kind.ZOOM, what, gen_id)
+
+    async def pan(self, guild_id: int | None, gen_id: int, index: int, direction: str) -> Derived:
+        """⬅ ➡ ⬆ ⬇ Pan: the canvas extended by half the image's size on one side."""
+        if direction not in outpaint.DIRECTIONS:
+            raise UserError(f"Pan goes left, right, up or down, not {direction!r}.")
+        parent, png, width, height = await self._outpaint_source(guild_id, gen_id, index)
+        geometry = outpaint.pan(width, height, direction)
+        return self._outpaint(
+            parent, index, png, geometry, Kind.PAN, f"Panning {direction}", gen_id
+        )
+
+    async def _outpaint_source(
+        self, guild_id: int | None, gen_id: int, index: int
+    ) -> tuple[Generation, bytes, int, int]:
+        parent = await self.source(guild_id, gen_id, index)
+        image = parent.image(index)
+        assert image is not None  # source() checked it
+        width = image.width or parent.request.width
+        height = image.height or parent.request.height
+        return parent, await self._source_png(gen_id, index), width, height
+
+    def _outpaint(
+        self,
+        parent: Generation,
+        index: int,
+        png: bytes,
+        geometry: outpaint.Outpaint,
+        kind: Kind,
+        what: str,
+        gen_id: int,
+    ) -> Derived:
+        g = self.settings.generation
+        _, _, width, height = geometry.paste
+        if geometry.pixels > g.max_pixels:
+            raise UserError(
+                f"{what} image {index + 1} of #{gen_id} ({width}×{height}) would make it "
+                f"{geometry.width}×{geometry.height}, more than this server's "
+                f"{g.max_pixels} pixels; it is already as large as it can get."
+            )
+        strength = g.outpaint_strength
+        request = dataclasses.replace(
+            parent.request,
+            mode="outpaint",
+            seed=None,
+            count=1,
+            job_id="",
+            init_image=png,
+            strength=strength,
+            steps=enough_steps(parent.request.steps, strength),
+            width=geometry.width,
+            height=geometry.height,
+            paste=geometry.paste,
+            feather=geometry.feather,
+            source=f"#{gen_id} image {index + 1}",
+        )
+        return Derived(request, kind, parent, index)

@@ -16,6 +16,7 @@ from bot.domain import (
     AuditAction,
     Ban,
     Generation,
+    RefusalReason,
     ReviewState,
     SafetyMode,
     UserError,
@@ -49,6 +50,8 @@ class Decision:
 
     @property
     def what(self) -> str:
+        if self.index is None and self.gen.refusal_reason == RefusalReason.FLAGGED_UPLOAD:
+            return f"#{self.gen.id}'s upload"
         return item_name(self.gen.id, self.index)
 
     @property

@@ -1,36 +1,49 @@
 """What a button press or a command does, in Discord terms: one service call and one answer.
 
-The buttons of a result (🎲 ✏️ 🔀 ⬆️ ℹ️ 🗑️), the status line's Cancel and the commands that do
-the same thing (/remix, /info, /delete, /cancel) all come here, so each exists once.
+The buttons of a result (🎲 ✏️ 🔀 ⬆️ ℹ️ 🗑️, the Zoom out / Pan menu), the status line's Cancel
+and the commands that do the same thing (/remix, /info, /delete, /cancel) all come here, so
+each exists once; so does /imagine with an uploaded image.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import discord
 
 from bot.db import Repositories
-from bot.domain import Status, UserError
+from bot.domain import RefusalReason, Status, UserError
 from bot.services import Derived, Services
+from bot.services.uploads import UploadError
 from bot.settings import Settings
+from inference.request import GenerationRequest
 
 from . import render
 from .buttons import RemixModal
 from .delivery import Delivery
+from .downloads import download
 from .errors import NO_PINGS, reply
-from .members import actor_of
+from .members import actor_of, origin_of
 from .permissions import interaction_is_moderator
 
 
 class Actions:
     def __init__(
-        self, settings: Settings, repos: Repositories, services: Services, delivery: Delivery
+        self,
+        settings: Settings,
+        repos: Repositories,
+        services: Services,
+        delivery: Delivery,
+        http_session: Callable[[], aiohttp.ClientSession | None] = lambda: None,
     ):
         self.settings = settings
         self.repos = repos
         self.services = services
         self.delivery = delivery
+        self.http_session = http_session
 
     async def _submit(self, interaction: discord.Interaction, derived: Derived) -> None:
         origin = derived.origin(
@@ -69,6 +82,54 @@ class Actions:
     async def upscale(self, interaction: discord.Interaction, gen_id: int, index: int) -> None:
         derived = await self.services.derive.upscale(interaction.guild_id, gen_id, index)
         await self._submit(interaction, derived)
+
+    async def zoom(
+        self, interaction: discord.Interaction, gen_id: int, index: int, factor: float
+    ) -> None:
+        """🔭 Zoom out of one image; the job is the presser's."""
+        derived = await self.services.derive.zoom(interaction.guild_id, gen_id, index, factor)
+        await self._submit(interaction, derived)
+
+    async def pan(
+        self, interaction: discord.Interaction, gen_id: int, index: int, direction: str
+    ) -> None:
+        """⬅ ➡ ⬆ ⬇ Pan one image; the job is the presser's."""
+        derived = await self.services.derive.pan(interaction.guild_id, gen_id, index, direction)
+        await self._submit(interaction, derived)
+
+    # --- uploads ----------------------------------------------------------------------------
+
+    async def imagine_from_upload(
+        self,
+        interaction: discord.Interaction,
+        attachment: discord.Attachment,
+        request: GenerationRequest,
+        aspect: str | None,
+    ) -> None:
+        """/imagine with an image: download it, check and clean it, then admit the job (the
+        safety checker screens the image first). Every refusal is one private sentence."""
+        # Downloading, decoding and screening can take longer than Discord's 3 seconds.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        uploads = self.services.uploads
+        origin, actor = origin_of(interaction), actor_of(interaction)
+        try:
+            uploads.check_size(attachment.size)
+            session = self.http_session()
+            if session is None:
+                raise UploadError("Uploads cannot be downloaded right now; try again soon.")
+            data = await download(
+                session,
+                attachment.url,
+                max_bytes=uploads.limits.max_bytes,
+                time_limit=self.settings.discord.download_timeout,
+            )
+            prepared = await uploads.prepare(data, aspect)
+        except UploadError as error:
+            await self.services.admission.refuse(
+                request, origin, actor, RefusalReason.BAD_INPUT, str(error)
+            )
+        request = dataclasses.replace(request, width=prepared.width, height=prepared.height)
+        await self.delivery.submit(interaction, request, origin, upload=prepared.png)
 
     # --- looking ----------------------------------------------------------------------------
 

@@ -1,6 +1,10 @@
-"""The buttons of status lines and results, and the Remix form. They are persistent: the
-`custom_id` carries the generation id, so they keep working for anyone in the channel after a
-restart (discord.ui.DynamicItem). What a press does is `ResultActions` (bot/ui/actions.py)."""
+"""The buttons of status lines and results, the Zoom out / Pan menu, and the Remix form. They
+are persistent: the `custom_id` carries the generation id, so they keep working for anyone in
+the channel after a restart (discord.ui.DynamicItem). What a press does is `ResultActions`
+(bot/ui/actions.py).
+
+A result's rows: 0 = 🎲 ✏️ ℹ️ 🗑️, 1 = V1–V4, 2 = U1–U4, 3 = the Zoom out / Pan menu, 4 = the
+Lab's menu."""
 
 from __future__ import annotations
 
@@ -10,7 +14,12 @@ from typing import Any, ClassVar, Protocol, Self, cast
 
 import discord
 
+from bot.domain import UserError
+from inference.outpaint import DIRECTIONS, ZOOMS
+
 from .errors import report
+
+OUTPAINT_ROW = 3
 
 
 class ResultActions(Protocol):
@@ -24,6 +33,12 @@ class ResultActions(Protocol):
     ) -> None: ...
     async def vary(self, interaction: discord.Interaction, gen_id: int, index: int) -> None: ...
     async def upscale(self, interaction: discord.Interaction, gen_id: int, index: int) -> None: ...
+    async def zoom(
+        self, interaction: discord.Interaction, gen_id: int, index: int, factor: float
+    ) -> None: ...
+    async def pan(
+        self, interaction: discord.Interaction, gen_id: int, index: int, direction: str
+    ) -> None: ...
     async def info(self, interaction: discord.Interaction, gen_id: int) -> None: ...
     async def delete(self, interaction: discord.Interaction, gen_id: int) -> None: ...
 
@@ -146,7 +161,73 @@ class DeleteButton(GenerationButton, template=r"easel:delete:(?P<gen>\d+)"):
         await actions.delete(interaction, self.gen_id)
 
 
-PERSISTENT_ITEMS: tuple[type[GenerationButton], ...] = (
+class OutpaintSelect(
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"easel:outpaint:(?P<gen>\d+)"
+):
+    """🔭 Zoom out (2×, 1.5×) or pan (⬅ ➡ ⬆ ⬇) one image of a result: one menu on row 3, since
+    six actions for each of up to four images do not fit Discord's five buttons a row."""
+
+    def __init__(self, gen_id: int, indexes: Sequence[int] = (0,)) -> None:
+        several = len(indexes) > 1
+        options = []
+        for index in indexes:
+            prefix = f"Image {index + 1} · " if several else ""
+            for name, factor in ZOOMS.items():
+                options.append(
+                    discord.SelectOption(
+                        label=f"{prefix}Zoom out {factor:g}×",
+                        value=f"zoom:{name}:{index}",
+                        emoji="🔭",
+                    )
+                )
+            for direction, arrow in DIRECTIONS.items():
+                options.append(
+                    discord.SelectOption(
+                        label=f"{prefix}Pan {direction}",
+                        value=f"pan:{direction}:{index}",
+                        emoji=arrow,
+                    )
+                )
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"easel:outpaint:{gen_id}",
+                placeholder="🔭 Zoom out or pan" + (" an image…" if several else "…"),
+                options=options or [discord.SelectOption(label="—", value="none")],
+            ),
+            row=OUTPAINT_ROW,
+        )
+        self.gen_id = gen_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> Self:
+        # The chosen value arrives with the interaction; the options need not be rebuilt.
+        return cls(int(match["gen"]), ())
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            values = self.item.values
+            parts = (values[0] if values else "").split(":")
+            if len(parts) != 3 or not parts[2].isdigit():
+                raise UserError("Pick a zoom or a pan direction from the menu.")
+            action, what, index = parts
+            actions = actions_of(interaction)
+            if action == "zoom" and what in ZOOMS:
+                await actions.zoom(interaction, self.gen_id, int(index), ZOOMS[what])
+            elif action == "pan" and what in DIRECTIONS:
+                await actions.pan(interaction, self.gen_id, int(index), what)
+            else:
+                raise UserError("Pick a zoom or a pan direction from the menu.")
+        except Exception as error:
+            await report(interaction, error)
+
+
+PERSISTENT_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     CancelButton,
     RerollButton,
     RemixButton,
@@ -154,6 +235,7 @@ PERSISTENT_ITEMS: tuple[type[GenerationButton], ...] = (
     UpscaleButton,
     InfoButton,
     DeleteButton,
+    OutpaintSelect,
 )
 
 
@@ -171,7 +253,8 @@ def result_view(
     max_pixels: int = 0,
     size: tuple[int, int] = (0, 0),
 ) -> discord.ui.View:
-    """🎲 ✏️ ℹ️ 🗑 on the first row, then 🔀 V1…V4 and ⬆️ U1…U4 for each shown image."""
+    """🎲 ✏️ ℹ️ 🗑 on the first row, then 🔀 V1…V4 and ⬆️ U1…U4 for each shown image, then
+    the Zoom out / Pan menu for them."""
     view = discord.ui.View(timeout=None)
     if can_derive:
         view.add_item(RerollButton(gen_id))
@@ -185,6 +268,8 @@ def result_view(
         if upscalable:
             for index in public_indexes:
                 view.add_item(UpscaleButton(gen_id, index, label=f"U{index + 1}"))
+        # Offered whatever the size: one that would be too large says so when picked.
+        view.add_item(OutpaintSelect(gen_id, public_indexes))
     return view
 
 

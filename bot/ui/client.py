@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+import aiohttp
 import discord
 from discord.ext import commands
 
@@ -42,6 +43,7 @@ class EaselBot(commands.Bot):
         services: Services,
         log_channel: LogChannel,
         worker: Worker | None = None,
+        http_session: aiohttp.ClientSession | None = None,
     ):
         # Easel never joins voice: skip discord.py's warnings about voice libraries.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
@@ -63,13 +65,21 @@ class EaselBot(commands.Bot):
         self.scheduler = scheduler
         self.services = services
         self.worker = worker
+        # For downloading uploads; made in main() and handed in, else the bot makes its own.
+        self.http_session = http_session
+        self._owns_http_session = False
         self.log_channel = log_channel
         log_channel.attach(self)
         self.delivery = Delivery(self, settings, repos, services, scheduler, modlog=log_channel)
-        self.actions = Actions(settings, repos, services, self.delivery)
+        self.actions = Actions(
+            settings, repos, services, self.delivery, http_session=lambda: self.http_session
+        )
         self.synced_commands: list[discord.app_commands.AppCommand] = []
 
     async def setup_hook(self) -> None:
+        if self.http_session is None:
+            self.http_session = aiohttp.ClientSession()
+            self._owns_http_session = True
         for name in EXTENSIONS:
             if importlib.util.find_spec(name) is not None:
                 await self.load_extension(name)
@@ -107,8 +117,16 @@ class EaselBot(commands.Bot):
         await self.services.words.prepare_guild(guild.id)
 
     async def close(self) -> None:
+        # Closing while discord.py still waits for the servers' data (up to guild_ready_timeout
+        # after connecting) would let that wait dispatch on_ready into a closed client.
+        ready_task = getattr(self._connection, "_ready_task", None)
+        if ready_task is not None:
+            ready_task.cancel()
         await self.scheduler.stop(grace=5.0)
         await self.log_channel.close()
+        if self._owns_http_session and self.http_session is not None:
+            await self.http_session.close()
+            self.http_session = None
         await super().close()
 
 

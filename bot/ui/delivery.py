@@ -47,6 +47,9 @@ class _Status:
     preview: bytes | None = None  # newest preview not yet shown
     sent: bool = False  # the status line exists
     delivered: bool = False  # the result is out: the status line should go
+    # Set when the status line is a followup (the interaction was deferred, e.g. to check an
+    # upload) rather than the interaction's original response.
+    message: discord.WebhookMessage | None = None
 
 
 class Delivery(QuietListener):
@@ -70,22 +73,45 @@ class Delivery(QuietListener):
     # --- submitting ---------------------------------------------------------------------
 
     async def submit(
-        self, interaction: discord.Interaction, request: GenerationRequest, origin: JobOrigin
+        self,
+        interaction: discord.Interaction,
+        request: GenerationRequest,
+        origin: JobOrigin,
+        *,
+        upload: bytes | None = None,
     ) -> Generation:
         """Admit the request (a refusal is a UserError the member sees privately), then answer
-        with its public status line."""
+        with its public status line.
+
+        With `upload` (a checked, re-encoded image), the interaction has been deferred
+        privately: the private "thinking…" says the image passed, and the public status line
+        follows it."""
         # One quick SQLite write; the answer goes out well inside Discord's 3 seconds.
-        gen = await self.services.admission.admit(request, origin, actor_of(interaction))
+        gen = await self.services.admission.admit(
+            request, origin, actor_of(interaction), upload=upload
+        )
         queued = dataclasses.replace(request, seed=gen.recipe.get("seed"))
         status = self._status[gen.id] = _Status(interaction, queued)
         # The status is public, like the queue itself; it goes away when the result is posted.
-        callback = await interaction.response.send_message(
-            self._queued_text(gen.id, queued), view=cancel_view(gen.id), allowed_mentions=NO_PINGS
-        )
-        status.sent = True
-        message_id = getattr(callback, "message_id", None) or getattr(
-            getattr(callback, "resource", None), "id", None
-        )
+        text, view = self._queued_text(gen.id, queued), cancel_view(gen.id)
+        if interaction.response.is_done():
+            await interaction.edit_original_response(
+                content=f"✅ Your image passed the checks; #{gen.id} is in the queue.",
+                allowed_mentions=NO_PINGS,
+            )
+            status.message = await interaction.followup.send(
+                text, view=view, allowed_mentions=NO_PINGS, wait=True
+            )
+            status.sent = True
+            message_id: int | None = status.message.id
+        else:
+            callback = await interaction.response.send_message(
+                text, view=view, allowed_mentions=NO_PINGS
+            )
+            status.sent = True
+            message_id = getattr(callback, "message_id", None) or getattr(
+                getattr(callback, "resource", None), "id", None
+            )
         if message_id and interaction.channel_id:
             # Remembered so the line can still be removed after 15 minutes or a restart.
             line = StatusLine(interaction.channel_id, int(message_id))
@@ -197,7 +223,10 @@ class Delivery(QuietListener):
         deleted = False
         if status is not None and status.sent and not status.interaction.is_expired():
             try:
-                await status.interaction.delete_original_response()
+                if status.message is not None:
+                    await status.message.delete()
+                else:
+                    await status.interaction.delete_original_response()
                 deleted = True
             except discord.HTTPException as error:  # e.g. the token died early
                 log.debug("Could not delete the status line of #%d: %s", gen_id, error)
@@ -244,9 +273,14 @@ class Delivery(QuietListener):
             extra["attachments"] = [discord.File(io.BytesIO(status.preview), "preview.png")]
             status.preview = None
         try:
-            await status.interaction.edit_original_response(
-                content=text, view=view, allowed_mentions=NO_PINGS, **extra
-            )
+            if status.message is not None:
+                await status.message.edit(
+                    content=text, view=view, allowed_mentions=NO_PINGS, **extra
+                )
+            else:
+                await status.interaction.edit_original_response(
+                    content=text, view=view, allowed_mentions=NO_PINGS, **extra
+                )
         except discord.HTTPException as error:
             log.debug("Status edit failed: %s", error)
 

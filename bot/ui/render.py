@@ -29,10 +29,16 @@ def jump_url(guild_id: int | None, channel_id: int | None, message_id: int | Non
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
+def uploaded_by(generation: Generation) -> str:
+    """ "an image uploaded by @member": the root of a family tree that started from an upload."""
+    return f"an image uploaded by {user(generation.user_id)}"
+
+
 def lineage_line(generation: Generation, parent: Generation | None) -> str | None:
-    """ "remix of #N by @author" for anything made from another image."""
+    """ "remix of #N by @author" for anything made from another image; "from an image
+    uploaded by @member" for a job that started from an upload."""
     if parent is None:
-        return None
+        return f"from {uploaded_by(generation)}" if generation.has_upload else None
     noun = generation.kind.label if generation.kind is not Kind.IMAGINE else Kind.REMIX.label
     which = ""
     if generation.parent_image_index is not None and generation.kind.from_one_image:
@@ -69,6 +75,8 @@ def recipe_embed(
     embed.add_field(name="Sampler", value=request.sampler)
     if request.mode != "txt2img":
         embed.add_field(name="Strength", value=f"{request.strength:g}")
+    if request.paste is not None:
+        embed.add_field(name="Canvas", value=outpaint_geometry(request), inline=False)
     embed.add_field(
         name="Model", value=clip(request.model or model or "default", 1024), inline=False
     )
@@ -87,6 +95,45 @@ def recipe_embed(
         footer += f" · made in {generation.inference_seconds:.1f} s"
     embed.set_footer(text=footer)
     return embed
+
+
+def outpaint_geometry(request: GenerationRequest) -> str:
+    """Where a zoom's or pan's source sits on its canvas, and the blend band."""
+    assert request.paste is not None
+    left, top, width, height = request.paste
+    source = f"{request.source} " if request.source else "the source "
+    return (
+        f"{source}({width}×{height}) at x {left}, y {top} on {request.width}×{request.height}, "
+        f"blended over {request.feather} px"
+    )
+
+
+def reproduce_line(gen: Generation) -> str:
+    """How to make the same image again, in a command a member can type."""
+    request = gen.request
+    settings = (
+        f"seed:{request.seed} steps:{request.steps} guidance:{request.guidance:g} "
+        f"sampler:{request.sampler}"
+    )
+    negative = " (and the same negative prompt)" if request.negative else ""
+    prompt = literal(request.prompt)
+    if request.mode == "outpaint":
+        return (
+            f"/remix generation:{gen.id} prompt:{prompt} repaints the same canvas from "
+            f"{request.source or 'the same source'} (strength {request.strength:g}, {settings})"
+            + negative
+        )
+    if gen.has_upload or request.source == "upload":
+        return (
+            f"/imagine prompt:{prompt} image:(the same file) strength:{request.strength:g} "
+            f"{settings} at {request.width}×{request.height}{negative}, or "
+            f"/remix generation:{gen.id} with the same prompt"
+        )
+    return (
+        f"/imagine prompt:{prompt} {settings}"
+        + (f" at {request.width}×{request.height}" if request.mode == "txt2img" else "")
+        + negative
+    )
 
 
 def fit_embed(embed: discord.Embed, limit: int = 6000) -> discord.Embed:
@@ -196,28 +243,20 @@ def info_embed(
         embed.add_field(name="Message", value="deleted", inline=False)
     elif link:
         embed.add_field(name="Message", value=f"[jump to the result]({link})", inline=False)
-    if ancestors:
-        chain = " ← ".join(f"#{a.id} by {user(a.user_id)}" for a in ancestors[:10])
+    root = ancestors[-1] if ancestors else gen
+    if ancestors or root.has_upload:
+        links = [f"#{a.id} by {user(a.user_id)}" for a in ancestors[:10]]
         if len(ancestors) > 10:
-            chain += f" ← … ({len(ancestors) - 10} more)"
-        embed.add_field(name="Made from", value=clip(chain, 1024), inline=False)
+            links.append(f"… ({len(ancestors) - 10} more)")
+        if root.has_upload:  # the family tree's root is the member's own picture
+            links.append(f"📎 {uploaded_by(root)}")
+        embed.add_field(name="Made from", value=clip(" ← ".join(links), 1024), inline=False)
     if children:
         kids = ", ".join(f"#{c.id} {c.kind} by {user(c.user_id)}" for c in children[:20])
         if len(children) > 20:
             kids += f", … ({len(children) - 20} more)"
         embed.add_field(name="Remixed into", value=clip(kids, 1024), inline=False)
-    request = gen.request
-    embed.add_field(
-        name="Reproduce",
-        inline=False,
-        value=clip(
-            f"/imagine prompt:{literal(request.prompt)} seed:{request.seed} "
-            f"steps:{request.steps} guidance:{request.guidance:g} sampler:{request.sampler}"
-            + (f" at {request.width}×{request.height}" if request.mode == "txt2img" else "")
-            + (" (and the same negative prompt)" if request.negative else ""),
-            1024,
-        ),
-    )
+    embed.add_field(name="Reproduce", inline=False, value=clip(reproduce_line(gen), 1024))
     return fit_embed(embed)
 
 

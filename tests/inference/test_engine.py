@@ -338,3 +338,59 @@ def test_parameters_round_trip_through_an_a1111_reader(sampler, prompt, negative
             base,
             "Karras" if karras else "Uniform",
         ), f"read {'by 1.9+' if since_1_9 else 'before 1.9'}"
+
+
+def outpaint_request(source_png: bytes, geometry, **overrides) -> GenerationRequest:
+    return request(
+        mode="outpaint",
+        init_image=source_png,
+        width=geometry.width,
+        height=geometry.height,
+        paste=geometry.paste,
+        feather=geometry.feather,
+        strength=1.0,
+        **overrides,
+    )
+
+
+def test_zoom_out_paints_around_the_source_and_keeps_it(engine):
+    """Zoom out 2× through the inpainting pipeline (from_pipe of the base model): twice the
+    size, the source's pixels exact outside the blend band, new paint around it."""
+    from inference.outpaint import zoom_out
+
+    source = engine.run([request()])[0].images[0].png
+    geometry = zoom_out(64, 64, 2.0)
+    (result,) = engine.run([outpaint_request(source, geometry)])
+    assert result.ok and engine._inpaint.unet is engine.pipe.unet  # no second model
+    out = pixels(result.images[0].png)
+    assert out.shape == (128, 128, 3)
+    band = geometry.feather
+    assert np.array_equal(
+        out[32 + band : 96 - band, 32 + band : 96 - band], pixels(source)[band:-band, band:-band]
+    )
+    assert not np.array_equal(out[:32], np.broadcast_to(out[32:33], out[:32].shape))  # painted
+    recipe = read_png_recipe(result.images[0].png)
+    assert recipe["mode"] == "outpaint" and recipe["paste"] == [32, 32, 64, 64]
+
+
+def test_pan_keeps_the_opposite_side(engine):
+    """Pan right: the canvas grows to the right and the source's left part is untouched."""
+    from inference.outpaint import pan
+
+    source = engine.run([request(seed=7)])[0].images[0].png
+    geometry = pan(64, 64, "right")
+    (result,) = engine.run([outpaint_request(source, geometry, seed=8)])
+    out = pixels(result.images[0].png)
+    assert out.shape == (64, 96, 3)
+    assert np.array_equal(
+        out[:, : 64 - geometry.feather], pixels(source)[:, : 64 - geometry.feather]
+    )
+
+
+def test_screen_uses_the_safety_checker(engine, flagging_model_dir):
+    """screen() gives the checker's verdict on PNG bytes of any size."""
+    png = io.BytesIO()
+    Image.new("RGB", (40, 72), (120, 80, 40)).save(png, format="PNG")
+    assert engine.screen([png.getvalue(), png.getvalue()]) == [False, False]
+    flagging = Engine(EngineConfig(model=flagging_model_dir, device="cpu")).load()
+    assert flagging.screen([png.getvalue()]) == [True]

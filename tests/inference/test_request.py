@@ -1,5 +1,7 @@
 """Requests: validation errors, aspect presets, seeds and cost."""
 
+import dataclasses
+import json
 import pickle
 
 import pytest
@@ -10,6 +12,7 @@ from inference.request import (
     Limits,
     RequestError,
     aspect_size,
+    fit_size,
     validate,
 )
 
@@ -106,3 +109,63 @@ def test_request_round_trips_through_pickle_and_recipe():
     assert pickle.loads(pickle.dumps(request)) == request
     rebuilt = GenerationRequest.from_recipe(request.recipe())
     assert rebuilt == request
+
+
+def test_outpaint_recipe_round_trips_and_old_recipes_are_unchanged():
+    """paste, feather and source are recorded for a zoom and left out of a plain request."""
+    plain = GenerationRequest(prompt="a fox", seed=1)
+    assert not {"paste", "feather", "source"} & set(plain.recipe())
+    zoom = GenerationRequest(
+        prompt="a fox",
+        seed=1,
+        mode="outpaint",
+        width=128,
+        height=128,
+        paste=(32, 32, 64, 64),
+        feather=8,
+        strength=1.0,
+        source="#3 image 1",
+    )
+    recipe = zoom.recipe()
+    assert recipe["paste"] == [32, 32, 64, 64] and recipe["feather"] == 8
+    assert recipe["source"] == "#3 image 1" and recipe["mode"] == "outpaint"
+    back = GenerationRequest.from_recipe(json.loads(zoom.to_json()))
+    assert back.paste == (32, 32, 64, 64) and back == dataclasses.replace(zoom, init_image=None)
+
+
+def test_outpaint_validation_says_what_to_change():
+    """An outpaint needs a source image inside a larger canvas."""
+    good = GenerationRequest(
+        prompt="a fox",
+        mode="outpaint",
+        width=128,
+        height=128,
+        paste=(32, 32, 64, 64),
+        feather=8,
+        strength=1.0,
+        init_image=b"png",
+    )
+    assert validate(good, Limits()).paste == (32, 32, 64, 64)
+    for bad, words in (
+        (dataclasses.replace(good, paste=None), "place of its source"),
+        (dataclasses.replace(good, width=64, height=64), "leave out aspect"),
+        (dataclasses.replace(good, paste=(0, 0, 128, 128)), "larger than its source"),
+        (dataclasses.replace(good, init_image=None), "needs a source image"),
+    ):
+        with pytest.raises(RequestError, match=words):
+            validate(bad, Limits())
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((100, 50), (88, 40)), ((50, 100), (40, 88)), ((64, 64), (64, 64)), ((1000, 10), (128, 32))],
+)
+def test_fit_size_keeps_the_shape_within_the_model_size(size, expected):
+    """An upload keeps its shape (up to 4:1), about the native area, sides multiples of 8."""
+    assert fit_size(*size, native=64, max_pixels=4096 * 4) == expected
+
+
+def test_fit_size_stays_within_max_pixels():
+    """A model bigger than the server's pixel limit is fitted to the limit."""
+    width, height = fit_size(3000, 2000, native=1024, max_pixels=500_000)
+    assert width * height <= 500_000 and width % 8 == 0 and height % 8 == 0

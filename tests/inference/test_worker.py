@@ -103,3 +103,37 @@ async def test_bad_model_fails_start_with_clear_error(tmp_path):
     """A worker with a missing model folder raises ModelLoadError from start()."""
     with pytest.raises(ModelLoadError, match="does not exist"):
         await Worker(EngineConfig(model=str(tmp_path / "missing"), device="cpu")).start()
+
+
+def _png(colour=(90, 140, 200)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 64), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_screen_waits_for_the_running_batch_and_answers(worker):
+    """A screening sent while a batch runs is answered after it, by the worker's checker."""
+    batch = asyncio.create_task(worker.run([request("s1")]))
+    await asyncio.sleep(0.05)
+    flags = await worker.screen([_png(), _png((0, 0, 0))])
+    assert flags == [False, False] and batch.done()  # the batch went first
+    assert (await batch)[0].ok
+
+
+async def test_screen_of_a_broken_image_raises_and_the_worker_lives(worker):
+    """Bytes that are not an image fail that screening only."""
+    with pytest.raises(RuntimeError, match="UnidentifiedImageError|cannot identify"):
+        await worker.screen([b"not a png"])
+    assert await worker.screen([_png()]) == [False]
+
+
+async def test_screen_survives_a_crash(worker):
+    """A worker that died is restarted for the screening."""
+    os.kill(worker.pid, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    assert await worker.screen([_png()]) == [False]
+    assert worker.alive

@@ -46,6 +46,8 @@ def outcome(gen: Generation) -> str:
                 if any(i.review == s for i in flagged)
             )
             text += f" · 🛡️ {len(flagged)} flagged ({states})"
+    if gen.has_upload:
+        text += " · 📎 from an uploaded image"
     if gen.deleted:
         text += " · deleted"
     return text

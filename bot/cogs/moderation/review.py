@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Self
 import discord
 
 from bot.db import StoreError
-from bot.domain import Generation, ReviewItem, ReviewState, UserError
+from bot.domain import Generation, RefusalReason, ReviewItem, ReviewState, UserError
 from bot.durations import parse_duration
 from bot.services.moderation import BanOutcome, Decision
 from bot.text import channel, clip, literal, plain, user
@@ -38,7 +38,14 @@ def review_card(
     """The message that shows one review item (ephemeral), as `edit_message` keywords."""
     gen = item.generation
     request_line = literal(gen.prompt, 1500, inline=False)
-    if item.image_index is None:
+    upload = item.image_index is None and gen.refusal_reason == RefusalReason.FLAGGED_UPLOAD
+    if upload:
+        title = f"#{gen.id} · uploaded image flagged by the safety checker"
+        footer = (
+            "Only you see this image. Release marks it reviewed (nothing is generated) · "
+            "Remove confirms the refusal · Ban author bans the member and removes it."
+        )
+    elif item.image_index is None:
         reason = gen.refusal_reason.label if gen.refusal_reason else "refused"
         title = f"#{gen.id} · prompt refused: {reason}"
         footer = (
@@ -70,19 +77,16 @@ def review_card(
         image = gen.image(item.image_index)
         if image is not None:
             embed.add_field(name="Seed", value=str(image.seed))
-        if png is None:
-            embed.add_field(name="Image", value="The image file is missing on disk.", inline=False)
+    if (item.image_index is not None or upload) and png is None:
+        embed.add_field(name="Image", value="The image file is missing on disk.", inline=False)
     embed.set_footer(text=footer)
     content = (note + "\n" if note else "") + f"**Review queue** — item {position + 1} of {total}"
     files = []
-    if png is not None and item.image_index is not None:
+    if png is not None:
         # A spoiler even here: the moderator chooses when to look (a classroom projector…).
+        which = "upload" if item.image_index is None else str(item.image_index + 1)
         files.append(
-            discord.File(
-                io.BytesIO(png),
-                filename=f"review_{gen.id}_{item.image_index + 1}.png",
-                spoiler=True,
-            )
+            discord.File(io.BytesIO(png), filename=f"review_{gen.id}_{which}.png", spoiler=True)
         )
     view = discord.ui.View(timeout=None)
     for action in ReviewButton.LOOKS:
@@ -123,6 +127,9 @@ async def review_page(bot: EaselBot, guild_id: int | None, position: int, note: 
     matched = png = None
     if item.image_index is None:
         matched = await bot.services.words.banned_in(gen.guild_id, gen.request)
+        if gen.refusal_reason == RefusalReason.FLAGGED_UPLOAD:
+            with contextlib.suppress(StoreError):
+                png = await bot.repos.images.read_upload(gen)
     else:
         with contextlib.suppress(StoreError):
             png = await bot.repos.images.read(gen.id, item.image_index)

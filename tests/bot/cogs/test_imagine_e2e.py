@@ -49,8 +49,12 @@ async def test_startup_syncs_commands_with_options(world):
         "aspect",
         "count",
         "sampler",
+        "image",
+        "strength",
     ]
     assert options["prompt"]["required"] is True
+    assert options["image"]["type"] == 11  # an attachment
+    assert (options["strength"]["min_value"], options["strength"]["max_value"]) == (0.05, 1.0)
     assert options["steps"]["max_value"] == bot.settings.generation.max_steps
     assert options["count"]["max_value"] == 4
     assert [c["value"] for c in options["aspect"]["choices"]] == [

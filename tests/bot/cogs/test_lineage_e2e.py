@@ -302,7 +302,12 @@ async def test_remix_and_imagine_forms_agree(fd, bot):
     from the settings, after the image it remixes; Discord's form keeps members inside them."""
     from inference.request import MAX_SEED
 
-    imagine_form = fd.command("imagine", fd.guild)["options"]
+    # An upload (image, strength) is /imagine's own: a remix starts from its source.
+    imagine_form = [
+        o
+        for o in fd.command("imagine", fd.guild)["options"]
+        if o["name"] not in ("image", "strength")
+    ]
     remix_form = fd.command("remix", fd.guild)["options"]
     assert remix_form[0]["name"] == "generation" and remix_form[0]["required"]
     assert [o["name"] for o in remix_form[1:]] == [o["name"] for o in imagine_form]

@@ -501,3 +501,30 @@ async def test_mod_forms_use_the_words_moderators_read(world):
     assert "refused" in shown and "status blocked" not in shown
     audit = text_of(await mod(w, "mod audit", {"action": "word_add"}))
     assert "word_add" not in audit
+
+
+async def test_a_flagged_upload_is_refused_and_reviewed(world):
+    """The always-flag checker flags an upload before any work on it: the member gets one
+    private sentence, nothing is queued, and the moderator sees the image in /mod review."""
+    w = world
+    picture = io.BytesIO()
+    Image.new("RGB", (80, 64), (30, 160, 90)).save(picture, format="PNG")
+    attachment = w.fd.upload(picture.getvalue(), "beach.png")
+    handle = await w.fd.invoke(w.student, "imagine", {"prompt": "my beach", "image": attachment})
+    await handle.response()
+    answer = await handle.wait_for_message(lambda m: not m.loading, timeout=20)
+    assert answer.ephemeral and "safety checker flagged that image" in answer.content
+    assert w.bot.scheduler.waiting_count == 0 and w.bot.scheduler.batches_run == 0
+    (gen,) = await w.bot.repos.history.moderation_log(guild_id=w.fd.guild.id)
+    assert (gen.status, gen.refusal_reason, gen.flagged) == ("blocked", "flagged_upload", True)
+    await w.fd.wait_until(lambda: "upload flagged by the safety checker" in log_lines(w))
+
+    card = await mod(w, "mod review")
+    assert f"#{gen.id} · uploaded image flagged by the safety checker" in text_of(card)
+    (shown,) = card.attachments
+    assert shown.spoiler
+    assert await w.fd.fetch_attachment(shown) == await w.bot.repos.images.read_upload(gen)
+    assert "from an uploaded image" in text_of(await mod(w, "mod log"))
+    await press(w, card, "Remove")
+    assert "Nothing is waiting" in card.content and f"Removed #{gen.id}'s upload" in card.content
+    assert (await w.bot.repos.generations.get(gen.id)).review == "removed"

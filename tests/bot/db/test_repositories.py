@@ -280,7 +280,8 @@ async def test_requeue_and_recovery_lists(repos):
 
 
 async def test_refusals_are_logged_with_reason_and_message(repos):
-    """Every refusal reason is logged as blocked; banned words go to review."""
+    """Every refusal reason is logged as blocked; banned words and flagged uploads go to
+    review."""
     for reason in REFUSAL_REASONS:
         gen = await repos.generations.log_refusal(
             req(prompt=f"refused {reason}"),
@@ -293,7 +294,8 @@ async def test_refusals_are_logged_with_reason_and_message(repos):
             reason,
             f"No: {reason}.",
         )
-        assert gen.review == ("pending" if reason == "banned_word" else None)
+        reviewed = reason in ("banned_word", "flagged_upload")
+        assert gen.review == ("pending" if reviewed else None)
     with pytest.raises(StoreError, match="refusal reason"):
         await repos.generations.log_refusal(
             req(), JobOrigin(user_id=3), reason="grumpy", message="x"

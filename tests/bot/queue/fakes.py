@@ -9,6 +9,7 @@ from bot.db import Repositories
 from bot.queue import FairQueue, QueueEntry, QuietListener, Scheduler
 from bot.services.admission import Admission
 from bot.services.modlog import NoModLog
+from bot.services.uploads import Screener
 from bot.services.words import WordLists
 from bot.settings import ModerationSettings, QueueSettings, Settings
 from inference.request import GeneratedImage, GenerationRequest, GenerationResult
@@ -133,13 +134,15 @@ def admission_for(
     *,
     max_waiting_per_user: int = 0,
     daily_quota: int = 0,
+    screener: Screener | None = None,
 ) -> Admission:
-    """Admission in front of `scheduler`, with these caps (0 = none)."""
+    """Admission in front of `scheduler`, with these caps (0 = none) and, for uploads, this
+    safety checker."""
     settings = Settings(
         queue=QueueSettings(max_waiting_per_user=max_waiting_per_user, daily_quota=daily_quota)
     )
     words = WordLists(repos, ModerationSettings())
-    return Admission(settings, repos, scheduler, words, NoModLog())
+    return Admission(settings, repos, scheduler, words, NoModLog(), screener)
 
 
 def drain(queue: FairQueue, max_size: int = 1) -> list[list[int]]:

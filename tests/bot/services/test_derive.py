@@ -152,3 +152,92 @@ def test_new_requests_use_the_defaults_and_the_models_size(repos):
     assert (request.width, request.height) == (64, 64)
     assert request.steps == g.default_steps and request.guidance == 3.0
     assert request.sampler == g.default_sampler
+
+
+async def test_zoom_out_puts_the_image_on_a_larger_canvas(repos):
+    """🔭 2×: twice the size, the source in the middle, its geometry and source recorded."""
+    source = await finished(repos)
+    zoom = await derivations(repos).zoom(GUILD, source.id, 1, 2.0)
+    request = zoom.request
+    assert (zoom.kind, zoom.parent_index) == (Kind.ZOOM, 1)
+    assert (request.mode, request.width, request.height) == ("outpaint", 128, 128)
+    assert request.paste == (32, 32, 64, 64) and request.feather == 8
+    assert request.init_image == b"\x89PNG\x01" and request.seed is None
+    assert request.strength == 1.0 and request.source == f"#{source.id} image 2"
+    assert request.prompt == "a kite" and request.count == 1
+
+
+@pytest.mark.parametrize(
+    ("direction", "size", "paste"),
+    [
+        ("left", (96, 64), (32, 0, 64, 64)),
+        ("right", (96, 64), (0, 0, 64, 64)),
+        ("up", (64, 96), (0, 32, 64, 64)),
+        ("down", (64, 96), (0, 0, 64, 64)),
+    ],
+)
+async def test_pan_extends_the_chosen_side(repos, direction, size, paste):
+    """⬅ ➡ ⬆ ⬇: half the image's size more on that side."""
+    source = await finished(repos, count=1)
+    pan = await derivations(repos).pan(GUILD, source.id, 0, direction)
+    assert pan.kind is Kind.PAN
+    assert (pan.request.width, pan.request.height) == size and pan.request.paste == paste
+
+
+async def test_a_zoom_over_max_pixels_is_refused_with_a_sentence(repos):
+    """A zoom that would pass generation.max_pixels says so, with the sizes."""
+    source = await finished(repos, count=1)
+    settings = Settings(generation=GenerationSettings(max_pixels=12_288))
+    d = Derivations(settings, repos, native_size=lambda: 64)
+    assert (await d.zoom(GUILD, source.id, 0, 1.5)).request.width == 96
+    with pytest.raises(UserError, match=r"would make it 128×128, more than this server's 12288"):
+        await d.zoom(GUILD, source.id, 0, 2.0)
+    with pytest.raises(UserError, match="left, right, up or down"):
+        await d.pan(GUILD, source.id, 0, "sideways")
+
+
+async def test_variation_of_a_zoom_is_plain_image_to_image(repos):
+    """Vary of a zoom result keeps no canvas geometry."""
+    source = await finished(repos, count=1)
+    d = derivations(repos)
+    zoom = await d.zoom(GUILD, source.id, 0, 2.0)
+    child = await repos.generations.create(
+        zoom.request, zoom.origin(user_id=2, guild_id=GUILD, channel_id=3, user_name=None)
+    )
+    await repos.generations.mark_running([child.id])
+    image = GeneratedImage(png=b"\x89PNGz", seed=1, index=0, width=128, height=128)
+    await repos.generations.save_result(child.id, GenerationResult(str(child.id), [image]))
+    vary = await d.vary(GUILD, child.id, 0)
+    assert vary.request.mode == "img2img" and vary.request.paste is None
+    assert (vary.request.width, vary.request.height) == (128, 128)
+    reroll = await d.reroll(GUILD, child.id)  # the same zoom again: same source and canvas
+    assert reroll.request.paste == (32, 32, 64, 64) and reroll.request.init_image == b"\x89PNG\x00"
+
+
+async def test_reroll_and_remix_of_an_upload_start_from_the_upload(repos):
+    """An image-to-image job from an upload is rerolled and remixed from that upload, also
+    two generations down."""
+    request = GenerationRequest(
+        prompt="my cat", width=64, height=64, steps=4, seed=3, mode="img2img", source="upload"
+    )
+    gen = await repos.generations.create(request, JobOrigin(user_id=1, guild_id=GUILD))
+    await repos.generations.attach_upload(gen.id, b"\x89PNGupload")
+    await repos.generations.mark_running([gen.id])
+    image = GeneratedImage(png=b"\x89PNGresult", seed=3, index=0, width=64, height=64)
+    await repos.generations.save_result(gen.id, GenerationResult(str(gen.id), [image]))
+    d = derivations(repos)
+    remix = await d.remix(GUILD, gen.id, prompt="my dog")
+    assert remix.request.init_image == b"\x89PNGupload" and remix.request.seed == 3
+    child = await repos.generations.create(
+        remix.request, remix.origin(user_id=2, guild_id=GUILD, channel_id=3, user_name=None)
+    )
+    await repos.generations.mark_running([child.id])
+    await repos.generations.save_result(child.id, GenerationResult(str(child.id), [image]))
+    again = await d.reroll(GUILD, child.id)
+    assert again.request.init_image == b"\x89PNGupload"
+    # After a restart the job's source is read from disk the same way.
+    queued = await repos.generations.create(
+        again.request, again.origin(user_id=2, guild_id=GUILD, channel_id=3, user_name=None)
+    )
+    loaded = await repos.images.load_request(queued)
+    assert loaded.init_image == b"\x89PNGupload" and loaded.job_id == str(queued.id)
