@@ -3,6 +3,7 @@ every refusal (with its reason, for /mod log) and every acceptance.
 
 A request is refused, in this order, for bad input (validation, mentions), a banned word, a
 banned member, a paused queue, too many waiting jobs, the daily quota, or an unknown source.
+While the disk is full nothing is queued: `DiskFullError` (which the log cannot hold either).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
-from bot.db import Repositories, StoreError
+from bot.db import DiskFullError, Repositories, StoreError
 from bot.domain import Actor, Generation, JobOrigin, RefusalReason, UserError
 from bot.queue import Scheduler
 from bot.settings import Settings
@@ -85,12 +86,18 @@ class Admission:
                 actor,
             )
             raise Refused(RefusalReason.BANNED_WORD, BANNED_WORD, gen)
+        if self.scheduler.disk_full:
+            # Its image could not be saved; the jobs already queued keep their places.
+            raise DiskFullError("The disk is full; no new jobs until there is space.")
         async with self._lock:
             reason, message = await self._queue_refusal(origin)
             if reason is not None:
                 await self._refuse(request, origin, actor, reason, message)
             try:
                 gen = await self.scheduler.submit(request, origin)
+            except DiskFullError as error:
+                self.scheduler.report_disk_full(error)
+                raise
             except StoreError as error:
                 if origin.parent_id is None:
                     raise

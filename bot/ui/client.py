@@ -68,8 +68,15 @@ class EaselBot(commands.Bot):
         self.delivery = Delivery(self, settings, repos, services, scheduler, modlog=log_channel)
         self.actions = Actions(settings, repos, services, self.delivery)
         self.synced_commands: list[discord.app_commands.AppCommand] = []
+        # Seconds `close()` waits for a running batch; 0 on SIGTERM (it runs again next time).
+        self.close_grace = 5.0
 
     async def setup_hook(self) -> None:
+        # discord.py calls this after the token was accepted: a bad token is reported at once,
+        # not after minutes of loading the model, which happens now (before the queue runs).
+        if self.worker is not None and not self.worker.alive:
+            log.info("Loading %s on %s …", self.settings.model.id, self.settings.model.device)
+            await self.worker.start()
         for name in EXTENSIONS:
             if importlib.util.find_spec(name) is not None:
                 await self.load_extension(name)
@@ -107,8 +114,9 @@ class EaselBot(commands.Bot):
         await self.services.words.prepare_guild(guild.id)
 
     async def close(self) -> None:
-        await self.scheduler.stop(grace=5.0)
-        await self.log_channel.close()
+        await self.scheduler.stop(grace=self.close_grace)
+        await self.delivery.close()
+        await self.log_channel.close(grace=3.0 if self.close_grace else 1.0)
         await super().close()
 
 
