@@ -118,6 +118,11 @@ class EaselBot(commands.Bot):
         await self.delivery.close()
         await self.log_channel.close(grace=3.0 if self.close_grace else 1.0)
         await super().close()
+        # discord.py leaves its "wait for the guilds, then on_ready" task running after close;
+        # closed during that wait (a SIGTERM at start-up), it would fail on the closed client.
+        ready = getattr(self._connection, "_ready_task", None)
+        if ready is not None:
+            ready.cancel()
 
 
 def easel(interaction: discord.Interaction) -> EaselBot:

@@ -125,7 +125,7 @@ class Delivery(QuietListener):
 
     async def close(self) -> None:
         """Stop the retries (what they did not post is posted by the next start)."""
-        tasks, self._tasks = self._tasks, set()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
