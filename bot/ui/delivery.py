@@ -454,8 +454,8 @@ class Delivery(QuietListener):
             await status.interaction.edit_original_response(
                 content=text, view=view, allowed_mentions=NO_PINGS, **extra
             )
-        except discord.HTTPException as error:
-            log.debug("Status edit failed: %s", error)
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as error:
+            log.debug("Status edit failed: %s", error)  # the next edit (or removal) follows
 
     # --- posting results -----------------------------------------------------------------
 
