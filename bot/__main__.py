@@ -77,7 +77,8 @@ def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike)
 
 
 def build_bot(settings: Settings, repos: Repositories, worker: Worker) -> EaselBot:
-    """Scheduler → services → client, over opened repositories and a started worker."""
+    """Scheduler → services → client, over opened repositories and a worker (the client's
+    setup hook starts it if it is not running yet)."""
     scheduler = build_scheduler(settings, repos, worker)
     log_channel = LogChannel(repos, settings.discord.log_channel_id)
     services = Services.build(
@@ -124,7 +125,7 @@ async def run(settings: Settings, termination: _Termination | None = None) -> No
                 termination.bot = bot
                 try:
                     await bot.login(settings.discord_token)
-                except (aiohttp.ClientError, OSError) as error:
+                except (aiohttp.ClientError, TimeoutError) as error:
                     raise StartupError(
                         f"Cannot reach Discord at {settings.discord.api_base} ({error}); check "
                         "the network (and DISCORD_API_BASE)."
