@@ -1,6 +1,11 @@
 """`python -m bot`: the composition root.
 
 settings → database → repositories → worker → scheduler → services → client.
+
+Start-up checks the cheap things first, so a mistake is one line and not minutes of waiting:
+the settings, the data folder and the database (read before anything writes), the Discord
+token, and only then the model. SIGTERM stops it within seconds at any moment: a running job
+stays `running` in the database and runs again at the next start, as after a crash.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from inference.engine import ModelLoadError
 from inference.worker import Worker
 
 from .db import Database, Repositories, StoreError
+from .db.database import ensure_writable_folder
 from .queue import Scheduler, WorkerLike
 from .services import Services
 from .settings import Settings, SettingsError, load_settings
@@ -36,6 +42,17 @@ Easel needs a Discord bot token (DISCORD_TOKEN) and none is set.
      Channels, Send Messages, Embed Links, Attach Files, Read Message History (117760).
 Then run `python -m bot` again."""
 
+BAD_TOKEN = (
+    "Discord rejected DISCORD_TOKEN; reset the bot token in the developer portal and put the new "
+    "one in .env."
+)
+# Seconds the worker gets to stop after SIGTERM before it is killed.
+STOP_GRACE = 3.0
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the user sees."""
+
 
 def setup_logging() -> None:
     logging.basicConfig(
@@ -44,6 +61,8 @@ def setup_logging() -> None:
     # At DEBUG these log request URLs, which carry interaction tokens.
     for name in ("discord.http", "discord.webhook"):
         logging.getLogger(name).setLevel(logging.INFO)
+    # "logging in using static token" and the like: a failed start stays one line.
+    logging.getLogger("discord.client").setLevel(logging.WARNING)
 
 
 def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike) -> Scheduler:
@@ -63,8 +82,8 @@ def build_bot(
     worker: Worker,
     http_session: aiohttp.ClientSession | None = None,
 ) -> EaselBot:
-    """Scheduler → services → client, over opened repositories and a started worker (whose
-    safety checker also screens uploads)."""
+    """Scheduler → services → client, over opened repositories and a worker (the client's
+    setup hook starts it if it is not running yet; its safety checker also screens uploads)."""
     scheduler = build_scheduler(settings, repos, worker)
     log_channel = LogChannel(repos, settings.discord.log_channel_id)
     services = Services.build(
@@ -78,26 +97,59 @@ def build_bot(
     return EaselBot(settings, repos, scheduler, services, log_channel, worker, http_session)
 
 
-async def run(settings: Settings) -> None:
+class _Termination:
+    """SIGTERM, from the first moment: cancel everything, without waiting for a batch."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.bot: EaselBot | None = None
+        self._task = asyncio.current_task()
+
+    def install(self) -> None:
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminate)
+
+    def _terminate(self) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        log.info("SIGTERM: stopping (a running job runs again at the next start)")
+        if self.bot is not None:
+            self.bot.close_grace = 0.0
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def run(settings: Settings, termination: _Termination | None = None) -> None:
+    termination = termination or _Termination()
+    termination.install()
     point_discord_py_at(settings.discord.api_base, settings.discord.gateway_url)
+    ensure_writable_folder(settings.data.dir)
+    ensure_writable_folder(settings.images_dir, "image folder")
     async with Database.open(settings.database_path) as db:
         repos = Repositories.on(db, images_dir=settings.images_dir)
-        log.info("Loading %s on %s …", settings.model.id, settings.model.device)
+        # Started by the bot's setup hook, once Discord has accepted the token.
         worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
-        await worker.start()
         try:
             async with (
                 aiohttp.ClientSession() as http_session,
                 build_bot(settings, repos, worker, http_session) as bot,
             ):
-                loop = asyncio.get_running_loop()
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(
-                        signal.SIGTERM, lambda: asyncio.ensure_future(bot.close())
-                    )
-                await bot.start(settings.discord_token)
+                termination.bot = bot
+                try:
+                    await bot.login(settings.discord_token)
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    raise StartupError(
+                        f"Cannot reach Discord at {settings.discord.api_base} ({error}); check "
+                        "the network (and DISCORD_API_BASE)."
+                    ) from None
+                except discord.DiscordServerError as error:
+                    raise StartupError(
+                        f"Discord answered {error.status} at start-up; try again in a minute."
+                    ) from None
+                await bot.connect()
         finally:
-            await worker.stop()
+            await worker.stop(grace=STOP_GRACE if termination.requested else 10.0)
 
 
 def main() -> int:
@@ -113,19 +165,12 @@ def main() -> int:
     try:
         asyncio.run(run(settings))
     except discord.LoginFailure:
-        print(
-            "easel: Discord rejected DISCORD_TOKEN; reset the bot token in the developer "
-            "portal and put the new one in .env.",
-            file=sys.stderr,
-        )
+        print(f"easel: {BAD_TOKEN}", file=sys.stderr)
         return 1
-    except ModelLoadError as error:
+    except (ModelLoadError, StoreError, StartupError) as error:
         print(f"easel: {error}", file=sys.stderr)
         return 1
-    except StoreError as error:
-        print(f"easel: database: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: a clean stop
         pass
     return 0
 

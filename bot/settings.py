@@ -262,6 +262,12 @@ def _read_toml(path: Path, origin: str) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise SettingsError(f"{origin}: file {str(path)!r} does not exist.") from None
+    except IsADirectoryError:
+        raise SettingsError(f"{origin}: {path} is a folder; name a TOML file.") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{origin}: {path} is not UTF-8 text; save it as UTF-8.") from None
+    except OSError as error:
+        raise SettingsError(f"{origin}: cannot read {path} ({error.strerror or error}).") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"{origin}: {path} is not valid TOML ({error}).") from None
 

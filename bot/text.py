@@ -75,7 +75,9 @@ def literal(text: str, limit: int | None = None, *, inline: bool = True) -> str:
             pieces.append("\n")
         pieces += _escaped_line(line)
     isolate = _needs_isolate(cleaned)
-    budget = None if limit is None else limit - (2 if isolate else 0)
+    # Each line is its own isolate: an isolate left open at a line break would leak into the
+    # lines after it.
+    budget = None if limit is None else limit - (2 * len(lines) if isolate else 0)
     out: list[str] = []
     used = 0
     for index, piece in enumerate(pieces):
@@ -86,7 +88,9 @@ def literal(text: str, limit: int | None = None, *, inline: bool = True) -> str:
         out.append(piece)
         used += len(piece)
     shown = "".join(out)
-    return _FSI + shown + _PDI if isolate else shown
+    if not isolate:
+        return shown
+    return "\n".join(_FSI + line + _PDI if line else line for line in shown.split("\n"))
 
 
 def _shown_char(ch: str, *, inline: bool) -> str:

@@ -12,7 +12,9 @@ import io
 import json
 import logging
 import os
+import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -223,12 +225,17 @@ class Engine:
         import torch
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging
+        from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.set_verbosity_error()
         transformers_logging.set_verbosity_error()
+        # Its retry warnings say what the one ModelLoadError sentence says better.
+        hub_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
+        # diffusers passes huggingface_hub an argument it deprecated: not the user's to fix.
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
         started = time.perf_counter()
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device)
@@ -238,19 +245,23 @@ class Engine:
         if _looks_like_path(model) and not os.path.isdir(model):
             raise ModelLoadError(f"Model folder {model!r} does not exist.")
         pipe = None
+        # Without the hub, only the local cache: one clear sentence, not minutes of retries.
+        unreachable = None if os.path.isdir(model) else hub_unreachable()
+        where: dict[str, Any] = {"local_files_only": True} if unreachable else {}
         if self.dtype == torch.float16 and not os.path.isdir(model):
             # Hub checkpoints often ship fp16 weights: half the download, same images.
             try:
                 pipe = AutoPipelineForText2Image.from_pretrained(
-                    model, dtype=self.dtype, variant="fp16"
+                    model, dtype=self.dtype, variant="fp16", **where
                 )
             except Exception:
                 log.info("%s has no fp16 variant; loading its full weights", model)
         if pipe is None:
             try:
-                pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=self.dtype)
+                pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=self.dtype, **where)
             except Exception as error:  # diffusers raises many types; all mean "cannot load"
-                raise ModelLoadError(_explain_load_error(model, error)) from None
+                message = _explain_load_error(model, error, unreachable=unreachable)
+                raise ModelLoadError(message) from None
         # The checker runs on our decoded images (the pipeline's own would black them out).
         self.safety_checker = getattr(pipe, "safety_checker", None)
         self.feature_extractor = getattr(pipe, "feature_extractor", None)
@@ -732,14 +743,66 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _explain_load_error(model: str, error: Exception) -> str:
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """The hub's host:port if a TCP connection to it fails (None: reachable, or unknown).
+
+    One connection attempt with a timeout, where huggingface_hub would retry every file for
+    half a minute. Behind a proxy the hub is not asked directly, so nothing is probed.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None  # huggingface_hub itself stays offline
+    if any(os.environ.get(name) for name in _PROXIES):
+        return None
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError:
+        return f"{host}:{port}" if url.port else host
+
+
+def _network_failure(error: BaseException) -> bool:
+    """A connection error anywhere in the chain (diffusers rewords it as a missing file)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if isinstance(current, ConnectionError | TimeoutError | socket.gaierror) or name in (
+            "ConnectError",
+            "ConnectTimeout",
+            "OfflineModeIsEnabled",
+            "LocalEntryNotFoundError",
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _explain_load_error(model: str, error: Exception, *, unreachable: str | None = None) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if os.path.isdir(model):
         return f"{model!r} is not a diffusers model folder ({text})."
     offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
-    if offline or "connect" in text.lower() or "offline" in text.lower():
+    if (
+        unreachable
+        or offline
+        or _network_failure(error)
+        or "connect" in text.lower()
+        or "offline" in text.lower()
+    ):
+        hub = f"the hub ({unreachable})" if unreachable else "the hub"
         return (
-            f"Could not load {model!r}: it is not in the local cache and the hub cannot be "
+            f"Could not load {model!r}: it is not in the local cache and {hub} cannot be "
             "reached; download it once with network access, or point EASEL_MODEL at a folder."
         )
     return f"Could not load {model!r}: {text}"

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import resource
 import threading
@@ -140,15 +141,35 @@ def _gpu_peak_mb() -> float | None:
     return None
 
 
+def _exit_with_parent() -> None:
+    """End this process when the bot is gone, even mid-load (nothing may be left behind)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="easel-worker-parent", daemon=True).start()
+
+
 def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> None:
     """Entry point of the worker process: load once, then run batches until told to stop."""
     import logging as child_logging
+
+    _exit_with_parent()
+    import huggingface_hub  # noqa: F401  (adds its own log handler on import)
 
     from .engine import Engine
 
     child_logging.basicConfig(
         level=child_logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s"
     )
+    # huggingface_hub's handler and this one would print each of its lines twice.
+    hub = child_logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
     started = time.perf_counter()
     try:
         engine = Engine(config).load()
@@ -171,6 +192,7 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
     # Batches and screenings, in the order they came: one thing on the GPU at a time.
     jobs: queue.Queue[RunBatch | ScreenImages | None] = queue.Queue()
     cancelled: set[str] = set()
+    stopping = threading.Event()  # Stop cancels the running batch at its next step
     step_delay = float(config.extra.get("step_delay", 0.0))
 
     def listen() -> None:
@@ -186,11 +208,14 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
                 case RunBatch() | ScreenImages():
                     jobs.put(message)
                 case Stop():
+                    stopping.set()
                     jobs.put(None)
                     return
 
     threading.Thread(target=listen, name="easel-worker-inbox", daemon=True).start()
     while (run := jobs.get()) is not None:
+        if stopping.is_set():
+            break
         if isinstance(run, ScreenImages):
             try:
                 outbox.send(Screened(run.screen_id, engine.screen(run.pngs)))
@@ -199,6 +224,10 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
                 outbox.send(ScreenFailed(run.screen_id, f"{type(error).__name__}: {error}"))
             continue
         previews: dict[int, bytes] = {}
+        everyone = {request.job_id for request in run.batch}
+
+        def stopped(everyone: set[str] = everyone) -> set[str]:
+            return cancelled | everyone if stopping.is_set() else cancelled
 
         def progress(
             step: int,
@@ -215,7 +244,7 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
             results = engine.run(
                 run.batch,
                 on_progress=progress,
-                cancelled=lambda: cancelled,
+                cancelled=stopped,
                 on_preview=previews.__setitem__,
             )
         except Exception as error:  # a bug or a bad request must not kill the worker
@@ -494,8 +523,9 @@ class Worker:
                     connection.close()
         self._process = None
 
-    async def stop(self) -> None:
-        """Ask the process to finish and wait for it (kill it if it does not)."""
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Ask the process to finish (a running batch stops at its next step) and wait up to
+        `grace` seconds for it; then kill it."""
         self._stopping = True
         process = self._process
         if process is None:
@@ -503,5 +533,5 @@ class Worker:
         if self._inbox is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._inbox.send(Stop())
-        await asyncio.to_thread(process.join, 10)
+        await asyncio.to_thread(process.join, grace)
         await self._kill()

@@ -511,6 +511,47 @@ async def test_allowed_mentions_and_channel_messages(fd: FakeDiscord, bot: SelfT
     assert [m.content for m in fd.messages(fd.dm_channel(alice.user))] == ["a DM"]
 
 
+async def test_nonce_is_enforced_for_a_few_minutes(fd: FakeDiscord, bot: SelfTestBot) -> None:
+    """A repeated post with the same nonce and enforce_nonce returns the first message."""
+    channel = bot.get_channel(fd.channel.id)
+    first = await channel.send("once", nonce="e42")
+    again = await channel.send("once more", nonce="e42")
+    assert again.id == first.id
+    assert [m.content for m in fd.messages() if m.content.startswith("once")] == ["once"]
+    other = await channel.send("other", nonce="e43")
+    assert other.id != first.id
+    fd.nonce_window = 0  # minutes later: Discord has forgotten the nonce
+    later = await channel.send("once", nonce="e42")
+    assert later.id != first.id
+    with pytest.raises(discord.HTTPException) as too_long:
+        await channel.send("x", nonce="n" * 26)
+    assert too_long.value.code == 50035
+
+
+async def test_scripted_server_errors(fd: FakeDiscord, bot: SelfTestBot) -> None:
+    """fd.fail: a 503 before the work, a 503 after it (the message exists), 500s retried."""
+    channel = bot.get_channel(fd.channel.id)
+    before = fd.fail("POST", "/messages$", 503)
+    with pytest.raises(discord.DiscordServerError) as refused:
+        await channel.send("lost", nonce="e50")
+    assert refused.value.status == 503 and before.times == 0 and len(before.served) == 1
+    assert "lost" not in [m.content for m in fd.messages()]
+    fd.fail("POST", "/messages$", 503, after_commit=True)
+    with pytest.raises(discord.DiscordServerError):
+        await channel.send("made", nonce="e51")
+    made = [m for m in fd.messages() if m.content == "made"]
+    assert len(made) == 1
+    # Sent again with its nonce, it is answered with the message that already exists.
+    assert (await channel.send("made", nonce="e51")).id == made[0].id
+    # discord.py retries a 500 itself (after a second); the nonce keeps it to one message.
+    fd.fail("POST", "/messages$", 500, after_commit=True)
+    retried = await channel.send("retried", nonce="e52")
+    assert [m.id for m in fd.messages() if m.content == "retried"] == [retried.id]
+    edit = fd.fail("PATCH", "/messages/\\d+$", 502)
+    await retried.edit(content="edited")  # 502 is retried by discord.py too
+    assert edit.served and fd.messages_by_id[retried.id].content == "edited"
+
+
 async def test_deadline_and_token_expiry(fd: FakeDiscord, bot: SelfTestBot) -> None:
     alice = fd.add_member("alice")
     fd.response_deadline = 0.2

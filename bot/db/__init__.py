@@ -12,7 +12,13 @@ from pathlib import Path
 
 from .audit import AuditRepository
 from .bans import BanRepository
-from .database import Database, SchemaTooNewError, StoreError
+from .database import (
+    Database,
+    DatabaseDamagedError,
+    DiskFullError,
+    SchemaTooNewError,
+    StoreError,
+)
 from .export import ExportRepository
 from .generations import GenerationRepository
 from .guilds import GuildRepository, StateRepository
@@ -58,4 +64,11 @@ class Repositories:
         )
 
 
-__all__ = ["Database", "Repositories", "SchemaTooNewError", "StoreError"]
+__all__ = [
+    "Database",
+    "DatabaseDamagedError",
+    "DiskFullError",
+    "Repositories",
+    "SchemaTooNewError",
+    "StoreError",
+]

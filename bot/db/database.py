@@ -2,8 +2,10 @@
 
 `<data>/easel.sqlite3` in WAL mode with `busy_timeout` and foreign keys on. The schema lives in
 numbered files `bot/db/migrations/NNN_name.sql`, applied in one transaction; the version is
-`PRAGMA user_version`. A database newer than this code is refused with `SchemaTooNewError`.
-Times are UTC: stored as Unix seconds, handed out as aware `datetime`s.
+`PRAGMA user_version`. Before anything writes, the file is read through a read-only connection:
+a damaged file is refused with `DatabaseDamagedError` and one newer than this code with
+`SchemaTooNewError`, and neither is changed. A write that fails for lack of space raises
+`DiskFullError`. Times are UTC: stored as Unix seconds, handed out as aware `datetime`s.
 
 The repositories (one module per table family beside this one) share a `Database`:
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
 import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -41,6 +45,125 @@ class StoreError(RuntimeError):
 
 class SchemaTooNewError(StoreError):
     """The database was written by a newer Easel than this one."""
+
+
+class DatabaseDamagedError(StoreError):
+    """The database file is corrupt; it must be restored from a backup."""
+
+
+class DiskFullError(StoreError):
+    """A write failed because the disk (or the user's quota) is full; retrying later works."""
+
+
+# SQLite's answers for a file that is not (any more) a sound database.
+_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError or SQLite error that means "no space left"."""
+    if isinstance(error, DiskFullError):
+        return True
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(error, OSError) and error.errno in _FULL_ERRNOS
+
+
+def disk_full(error: BaseException) -> DiskFullError:
+    """The DiskFullError for `error` (an OSError or SQLite error that `is_disk_full`)."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return DiskFullError(f"The disk is full ({reason}).")
+
+
+@contextlib.contextmanager
+def _full_as_store_error() -> Generator[None, None, None]:
+    """Turn "no space left" from SQLite into DiskFullError (the callers can retry it)."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        if is_disk_full(error):
+            raise disk_full(error) from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up checks: nothing is written until the folder, the file and its version are known good
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def ensure_writable_folder(folder: Path, what: str = "data folder") -> None:
+    """Create `folder` if needed and prove it writable by making (and removing) a file there.
+
+    Raises StoreError with one sentence. An actual write, not `os.access`: root passes every
+    permission check but still cannot write to a read-only file system.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(f"The {what} {folder} exists but is not a folder.") from None
+    except OSError as error:
+        raise StoreError(
+            f"Cannot create the {what} {folder} ({_reason(error)}); make its parent writable "
+            "or set EASEL_DATA_DIR to another folder."
+        ) from None
+    try:
+        handle, name = tempfile.mkstemp(prefix=".easel-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise StoreError(
+            f"The {what} {folder} is not writable ({_reason(error)}); make it writable for "
+            "this user or set EASEL_DATA_DIR to another folder."
+        ) from None
+
+
+def _damaged(path: Path, detail: str) -> DatabaseDamagedError:
+    return DatabaseDamagedError(
+        f"The database {path} is damaged ({detail}); restore it from your backup "
+        "(Easel did not change it)."
+    )
+
+
+def inspect_existing(path: Path) -> None:
+    """Read an existing database without writing to it: writable, intact, not too new.
+
+    Runs before the read-write connection, whose first statements (journal mode, migrations)
+    would otherwise change a file that must be left as it is.
+    """
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise StoreError(f"The database {path} is not a file.")
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as error:
+        raise StoreError(
+            f"The database {path} is not writable ({_reason(error)}); make it writable for "
+            "this user."
+        ) from None
+    latest = latest_version()
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        if getattr(error, "sqlite_errorcode", None) in _DAMAGED:
+            raise _damaged(path, str(error)) from None
+        raise StoreError(f"Cannot read the database {path} ({error}).") from None
+    if problems != ["ok"]:
+        raise _damaged(path, "; ".join(str(p) for p in problems[:2]))
+    if version > latest:
+        raise SchemaTooNewError(
+            f"The database {path} has schema version {version}, but this Easel only knows "
+            f"versions up to {latest}; upgrade Easel (or restore a backup made by this "
+            "version). It was not changed."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +360,8 @@ class Database:
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise StoreError(f"Unknown synchronous mode {synchronous!r}.")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(ensure_writable_folder, path.parent)
+        await asyncio.to_thread(inspect_existing, path)
         conn = await aiosqlite.connect(path, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
@@ -247,7 +371,13 @@ class Database:
                 log.warning("SQLite journal mode is %s, not WAL", mode)
             await conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             await conn.execute("PRAGMA foreign_keys = ON")
-            await migrate(conn)
+            with _full_as_store_error():
+                await migrate(conn)
+        except sqlite3.DatabaseError as error:
+            await conn.close()
+            if getattr(error, "sqlite_errorcode", None) in _DAMAGED:
+                raise _damaged(path, str(error)) from None
+            raise
         except BaseException:
             await conn.close()
             raise
@@ -269,13 +399,15 @@ class Database:
         return float(self.clock())
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._lock, self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        with _full_as_store_error():
+            async with self._lock, self._conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._lock, self._conn.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+        with _full_as_store_error():
+            async with self._lock, self._conn.execute(sql, params) as cursor:
+                row: sqlite3.Row | None = await cursor.fetchone()
+                return row
 
     async def count(self, sql: str, params: Sequence[Any] = ()) -> int:
         """The first column of the first row of a COUNT(*) query."""
@@ -284,26 +416,29 @@ class Database:
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement in its own (implicit) transaction; returns the rows changed."""
-        async with self._lock, self._conn.execute(sql, params) as cursor:
-            return int(cursor.rowcount)
+        with _full_as_store_error():
+            async with self._lock, self._conn.execute(sql, params) as cursor:
+                return int(cursor.rowcount)
 
     async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One INSERT; returns the new row's id."""
-        async with self._lock, self._conn.execute(sql, params) as cursor:
-            return int(cursor.lastrowid or 0)
+        with _full_as_store_error():
+            async with self._lock, self._conn.execute(sql, params) as cursor:
+                return int(cursor.lastrowid or 0)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """`async with db.transaction() as conn:` — BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+            with _full_as_store_error():
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await self._conn.execute("ROLLBACK")
+                    raise
 
     async def pragma(self, name: str) -> Any:
         """Read a PRAGMA (e.g. 'journal_mode', 'foreign_keys', 'user_version')."""

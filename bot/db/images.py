@@ -1,22 +1,34 @@
 """Image files and image rows.
 
 Images are files `<images_dir>/<generation id>_<index>.png`, never named by user input; a
-file is written (atomically) before the row that points at it commits. An image a member
-uploaded is kept, re-encoded, as `<uploads_dir>/<generation id>.png` (beside the images folder).
+file is written (atomically) before the row that points at it commits. A write that fails for
+lack of space raises `DiskFullError`. An image a member uploaded is kept, re-encoded, as
+`<uploads_dir>/<generation id>.png` (beside the images folder).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from bot.domain import Generation, ImageRow, ReviewState
 from inference.request import GeneratedImage, GenerationRequest, GenerationResult
 
-from .database import Database, StoreError, chunks, marks, to_datetime
+from .database import (
+    Database,
+    StoreError,
+    chunks,
+    disk_full,
+    ensure_writable_folder,
+    is_disk_full,
+    marks,
+    to_datetime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +37,39 @@ IMAGE_COLUMNS = """
 """
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename (never half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 class ImageFiles:
     """The PNG files of every generation, and their rows in the `images` table."""
 
-    def __init__(self, db: Database, images_dir: Path, uploads_dir: Path | None = None):
+    def __init__(
+        self,
+        db: Database,
+        images_dir: Path,
+        uploads_dir: Path | None = None,
+        *,
+        write_file: Callable[[Path, bytes], None] = write_atomically,
+    ):
         self.db = db
         self.images_dir = images_dir
         self.uploads_dir = uploads_dir if uploads_dir is not None else images_dir.parent / "uploads"
-        images_dir.mkdir(parents=True, exist_ok=True)
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        # The one place image bytes reach the disk (tests put a full disk here).
+        self.write_file = write_file
+        ensure_writable_folder(images_dir, "image folder")
+        ensure_writable_folder(self.uploads_dir, "upload folder")
 
     def path(self, generation_id: int, index: int) -> Path:
         """Where image `index` of generation `generation_id` lives (named by ids only)."""
@@ -71,17 +107,32 @@ class ImageFiles:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-
     async def write(self, generation_id: int, image: GeneratedImage) -> None:
-        """Write one result image (atomic rename; the row is the caller's)."""
-        await asyncio.to_thread(self._write, self.path(generation_id, image.index), image.png)
+        """Write one result image (atomic rename; the row is the caller's).
+
+        Raises DiskFullError when there is no space (nothing is left behind), StoreError for
+        any other failure to write.
+        """
+        await self._write_bytes(self.path(generation_id, image.index), image.png)
+
+    async def _write_bytes(self, path: Path, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(self.write_file, path, data)
+        except OSError as error:
+            if is_disk_full(error):
+                raise disk_full(error) from None
+            raise StoreError(f"Cannot write {path} ({error.strerror or error}).") from None
+
+    async def probe(self) -> None:
+        """Write and remove a small file: DiskFullError while there is no space."""
+        path = self.images_dir / ".easel-space-probe"
+        try:
+            await asyncio.to_thread(self.write_file, path, b"\0" * 4096)
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        except OSError as error:
+            if is_disk_full(error):
+                raise disk_full(error) from None
+            raise StoreError(f"Cannot write {path} ({error.strerror or error}).") from None
 
     async def read(self, gen_id: int, index: int) -> bytes:
         """The PNG bytes of one stored image (raises StoreError if the file is missing)."""
@@ -94,7 +145,7 @@ class ImageFiles:
     async def write_upload(self, generation_id: int, png: bytes) -> str:
         """Keep an upload as `<generation id>.png` (atomic); returns the file's name."""
         name = f"{int(generation_id)}.png"
-        await asyncio.to_thread(self._write, self.uploads_dir / name, png)
+        await self._write_bytes(self.uploads_dir / name, png)
         return name
 
     async def read_upload(self, gen: Generation) -> bytes:

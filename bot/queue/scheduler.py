@@ -12,6 +12,10 @@ and `cancel()`.
     gen = await scheduler.submit(request, origin)
     …
     await scheduler.stop()
+
+A full disk stops nothing for good: a result that cannot be saved is held in memory and saved
+again (with backoff) before any new batch starts, queued jobs stay queued, and the listeners
+hear `on_disk_full` and `on_disk_ok`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from bot.db import Repositories, StoreError
+from bot.db import DiskFullError, Repositories, StoreError
 from bot.domain import Generation, JobOrigin, Status
 from inference.request import GenerationRequest, GenerationResult
 from inference.worker import JobProgress
@@ -74,6 +78,13 @@ class SchedulerListener(Protocol):
         left undelivered is sent to `on_finished` again by the next `recover()`. Cancelled jobs
         need no delivery."""
 
+    async def on_disk_full(self, held: list[int]) -> None:
+        """The disk is full: these finished jobs wait (in memory) to be saved, new batches wait.
+        Heard when the disk fills and again whenever another result has to wait."""
+
+    async def on_disk_ok(self) -> None:
+        """There is space again: held results are saved (their `on_finished` follows)."""
+
 
 class QuietListener:
     """A listener that ignores every event; subclass it and override what you need."""
@@ -91,6 +102,12 @@ class QuietListener:
         return None
 
     async def on_finished(self, gen: Generation, result: GenerationResult) -> None:
+        return None
+
+    async def on_disk_full(self, held: list[int]) -> None:
+        return None
+
+    async def on_disk_ok(self) -> None:
         return None
 
 
@@ -116,7 +133,17 @@ class _Finished:
     result: GenerationResult
 
 
-_Event = _Queued | _Started | _Progressed | _Finished
+@dataclass(frozen=True)
+class _DiskFull:
+    held: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _DiskOk:
+    pass
+
+
+_Event = _Queued | _Started | _Progressed | _Finished | _DiskFull | _DiskOk
 
 
 @dataclass(frozen=True)
@@ -157,10 +184,12 @@ class Scheduler:
         eta_smoothing: float = 0.3,
         lookahead: int | None = None,
         max_runs: int = MAX_RUNS,
+        disk_retry: tuple[float, float] = (1.0, 30.0),
     ):
         """Cost is pixels × steps × images, so `initial_cost_per_second` =
         settings.queue.initial_mpix_steps_per_second × 1e6 (the ETA's first guess until a batch
-        has been measured)."""
+        has been measured). While the disk is full, saving is tried again after
+        `disk_retry[0]` seconds, doubling up to `disk_retry[1]`."""
         self.repos = repos
         self.generations = repos.generations
         self.worker = worker
@@ -184,6 +213,13 @@ class Scheduler:
         self._not_busy.set()
         self._recorded: set[int] = set()
         self.batches_run = 0
+        self.disk_retry = disk_retry
+        self._disk_full = False
+        # Finished jobs whose result could not be saved yet (no space), in finishing order.
+        self._held: list[tuple[QueueEntry, GenerationResult]] = []
+        # Jobs back in the queue whose row could not be set back to `queued` yet.
+        self._unrequeued: set[int] = set()
+        self._announced: set[int] = set()  # held jobs the listeners have heard of
 
     # -- listeners -----------------------------------------------------------------------------
 
@@ -236,6 +272,10 @@ class Scheduler:
                 await listener.on_progress(gen_id, step, total)
             case _Finished(gen, result):
                 await listener.on_finished(gen, result)
+            case _DiskFull(held):
+                await listener.on_disk_full(list(held))
+            case _DiskOk():
+                await listener.on_disk_ok()
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -255,6 +295,22 @@ class Scheduler:
     @property
     def running_ids(self) -> set[int]:
         return set() if self._running is None else {e.gen_id for e in self._running.entries}
+
+    @property
+    def disk_full(self) -> bool:
+        """The last write failed for lack of space and no write has worked since."""
+        return self._disk_full
+
+    @property
+    def held_ids(self) -> list[int]:
+        """Finished jobs whose results wait in memory for space on the disk."""
+        return [entry.gen_id for entry, _ in self._held]
+
+    def report_disk_full(self, error: DiskFullError) -> None:
+        """A write outside the queue (a new request) failed for lack of space: say so once,
+        and let the dispatcher find out when there is space again."""
+        self._note_disk_full(error)
+        self._wake.set()
 
     @property
     def busy(self) -> bool:
@@ -458,6 +514,13 @@ class Scheduler:
         """
         dispatcher, notifier = self._dispatcher, self._notifier
         self._dispatcher = self._notifier = None
+        if self._held:
+            log.warning(
+                "%d finished job(s) could not be saved (disk full): %s; they run again at the "
+                "next start",
+                len(self._held),
+                self.held_ids,
+            )
         if dispatcher is not None:
             if grace > 0 and self._busy:
                 with contextlib.suppress(TimeoutError):
@@ -480,21 +543,32 @@ class Scheduler:
         has reached the listeners. Needs `start()`."""
         while True:
             await self._events.join()
-            if not self._busy and (self.waiting_count == 0 or self._paused):
+            settled = not self._held and not self._disk_full
+            if not self._busy and settled and (self.waiting_count == 0 or self._paused):
                 await asyncio.sleep(0)
                 if not self._busy and self._events.empty():
                     return
             await asyncio.sleep(0.005)
 
     async def _dispatch_loop(self) -> None:
+        wait = self.disk_retry[0]
         while True:
-            while self._paused or not self.queue:
+            while not self._disk_full and (self._paused or not self.queue):
                 self._wake.clear()
                 await self._wake.wait()
             try:
-                await self._run_next_batch()
+                if self._disk_full:
+                    await self._recover_from_full_disk()
+                else:
+                    await self._run_next_batch()
+                wait = self.disk_retry[0]
             except asyncio.CancelledError:
                 raise
+            except DiskFullError as error:
+                # No space: nothing new starts; the held results are saved when there is.
+                self._note_disk_full(error)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self.disk_retry[1])
             except Exception:
                 # The database failed (disk full, …): keep the bot alive, try again shortly.
                 log.exception("Dispatcher error; retrying in 1 s")
@@ -502,10 +576,55 @@ class Scheduler:
                 self._busy = False
                 await asyncio.sleep(1.0)
 
+    def _note_disk_full(self, error: DiskFullError) -> None:
+        """Tell the listeners when the disk fills, and when another result has to wait."""
+        held = self.held_ids
+        if self._disk_full and set(held) <= self._announced:
+            return
+        if not self._disk_full:
+            log.warning(
+                "%s Queued jobs wait and finished images are kept in memory; saving is tried "
+                "again every few seconds.",
+                error,
+            )
+        self._disk_full = True
+        self._announced = set(held)
+        self._emit(_DiskFull(tuple(held)))
+
+    async def _requeue_leftovers(self) -> None:
+        """Set back to `queued` the rows a failed batch could not (or mark_running skips them)."""
+        if self._unrequeued:
+            ids = sorted(self._unrequeued)
+            await self.generations.requeue(ids)
+            self._unrequeued.difference_update(ids)
+
+    async def _recover_from_full_disk(self) -> None:
+        """Save the held results, oldest first; raises DiskFullError while there is no space."""
+        await self._requeue_leftovers()
+        if not self._held:
+            await self.repos.images.probe()
+        while self._held:
+            entry, result = self._held[0]
+            try:
+                gen = await self.generations.save_result(entry.gen_id, result)
+            except DiskFullError:
+                raise
+            except StoreError as error:
+                log.error("Could not record the result of #%d: %s", entry.gen_id, error)
+                gen = None
+            self._held.pop(0)
+            if gen is not None:
+                self._emit(_Finished(gen, result))
+        self._disk_full = False
+        self._announced = set()
+        log.info("There is space on the disk again; saving and posting go on")
+        self._emit(_DiskOk())
+
     async def _run_next_batch(self) -> None:
         self._busy = True
         self._not_busy.clear()
         try:
+            await self._requeue_leftovers()
             batch = self.queue.pop_batch(self.max_batch, lookahead=self.lookahead)
             if not batch:
                 return
@@ -517,8 +636,12 @@ class Scheduler:
                 # The database failed mid-way: what was not recorded goes back in the queue.
                 unfinished = [e for e in batch if e.gen_id not in self._recorded]
                 self.queue.restore(unfinished)
-                with contextlib.suppress(Exception):
+                try:
                     await self.generations.requeue([e.gen_id for e in unfinished])
+                except Exception:
+                    # e.g. the disk is full: done before the next batch, or they would be
+                    # skipped as "not queued any more".
+                    self._unrequeued.update(e.gen_id for e in unfinished)
                 raise
             self.batches_run += 1
         finally:
@@ -613,6 +736,12 @@ class Scheduler:
         """Record the outcome, then tell the listeners (never the other way round)."""
         try:
             gen = await self.generations.save_result(entry.gen_id, result)
+        except DiskFullError as error:
+            # Kept, not run again: saved (then delivered) as soon as there is space.
+            self._recorded.add(entry.gen_id)
+            self._held.append((entry, result))
+            self._note_disk_full(error)
+            return
         except StoreError as error:
             log.error("Could not record the result of #%d: %s", entry.gen_id, error)
             return

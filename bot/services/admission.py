@@ -5,6 +5,7 @@ A request is refused, in this order, for bad input (validation, mentions), a ban
 uploaded image the safety checker flagged, a banned member, a paused queue, too many waiting
 jobs, the daily quota, or an unknown source. A request that came with an upload keeps it (the
 re-encoded file) whether it was accepted or refused, so moderators see what was sent.
+While the disk is full nothing is queued: `DiskFullError` (which the log cannot hold either).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
-from bot.db import Repositories, StoreError
+from bot.db import DiskFullError, Repositories, StoreError
 from bot.domain import Actor, Generation, JobOrigin, RefusalReason, UserError
 from bot.queue import Scheduler
 from bot.settings import Settings
@@ -106,6 +107,9 @@ class Admission:
             await self._refuse(
                 request, origin, actor, RefusalReason.BANNED_WORD, BANNED_WORD, line, upload=upload
             )
+        if self.scheduler.disk_full:
+            # Its image could not be saved; the jobs already queued keep their places.
+            raise DiskFullError("The disk is full; no new jobs until there is space.")
         if upload is not None:
             await self._screen(request, origin, actor, upload)
         async with self._lock:
@@ -114,6 +118,9 @@ class Admission:
                 await self._refuse(request, origin, actor, reason, message, upload=upload)
             try:
                 gen = await self.scheduler.submit(request, origin)
+            except DiskFullError as error:
+                self.scheduler.report_disk_full(error)
+                raise
             except StoreError as error:
                 if origin.parent_id is None:
                     raise

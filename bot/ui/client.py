@@ -75,11 +75,18 @@ class EaselBot(commands.Bot):
             settings, repos, services, self.delivery, http_session=lambda: self.http_session
         )
         self.synced_commands: list[discord.app_commands.AppCommand] = []
+        # Seconds `close()` waits for a running batch; 0 on SIGTERM (it runs again next time).
+        self.close_grace = 5.0
 
     async def setup_hook(self) -> None:
         if self.http_session is None:
             self.http_session = aiohttp.ClientSession()
             self._owns_http_session = True
+        # discord.py calls this after the token was accepted: a bad token is reported at once,
+        # not after minutes of loading the model, which happens now (before the queue runs).
+        if self.worker is not None and not self.worker.alive:
+            log.info("Loading %s on %s …", self.settings.model.id, self.settings.model.device)
+            await self.worker.start()
         for name in EXTENSIONS:
             if importlib.util.find_spec(name) is not None:
                 await self.load_extension(name)
@@ -122,12 +129,18 @@ class EaselBot(commands.Bot):
         ready_task = getattr(self._connection, "_ready_task", None)
         if ready_task is not None:
             ready_task.cancel()
-        await self.scheduler.stop(grace=5.0)
-        await self.log_channel.close()
+        await self.scheduler.stop(grace=self.close_grace)
+        await self.delivery.close()
+        await self.log_channel.close(grace=3.0 if self.close_grace else 1.0)
         if self._owns_http_session and self.http_session is not None:
             await self.http_session.close()
             self.http_session = None
         await super().close()
+        # discord.py leaves its "wait for the guilds, then on_ready" task running after close;
+        # closed during that wait (a SIGTERM at start-up), it would fail on the closed client.
+        ready = getattr(self._connection, "_ready_task", None)
+        if ready is not None:
+            ready.cancel()
 
 
 def easel(interaction: discord.Interaction) -> EaselBot:

@@ -14,10 +14,14 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot.db import DiskFullError
 from bot.domain import UserError
 from inference.request import RequestError
 
 log = logging.getLogger(__name__)
+
+# What members hear while nothing can be saved (moderators get a line in their log channel).
+DISK_FULL = "The server's disk is full; try again later."
 
 # Whatever a prompt says, a message never pings @everyone, @here or a role.
 NO_PINGS = discord.AllowedMentions(everyone=False, roles=False, users=False, replied_user=False)
@@ -60,6 +64,8 @@ def describe(error: BaseException) -> str | None:
         error = error.original
     if isinstance(error, UserError | RequestError):
         return str(error)
+    if isinstance(error, DiskFullError):
+        return DISK_FULL
     if isinstance(error, app_commands.CheckFailure) and str(error):
         return str(error)
     if isinstance(error, app_commands.CommandOnCooldown):

@@ -7,6 +7,7 @@ header has no ``charset`` parameter (aiohttp's ``json_response`` would add one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .errors import ApiError, invalid_form
+from .errors import SERVER_ERRORS, ApiError, invalid_form
 from .models import CallbackRecord, FakeInteraction, FakeMessage, walk_components
 
 if TYPE_CHECKING:
@@ -44,6 +45,15 @@ def error_middleware(fd: FakeDiscord) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         fd.requests.append((request.method, request.path))
+        fault = next((f for f in fd.faults if f.matches(request.method, request.path)), None)
+        if fault is not None:
+            fault.times -= 1
+            fault.served.append(request.path)
+            if fault.after_commit:
+                with contextlib.suppress(ApiError):
+                    await handler(request)  # done, and its answer is lost
+            body = {"message": SERVER_ERRORS.get(fault.status, "Server Error"), "code": 0}
+            return json_response(body, fault.status)
         try:
             return await handler(request)
         except ApiError as exc:
@@ -577,6 +587,15 @@ class RestApi:
     async def post_message(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
         body, uploads = await read_body(request)
+        nonce = body.get("nonce")
+        if nonce is not None and len(str(nonce)) > 25:
+            raise invalid_form("nonce: Must be 25 or fewer in length.")
+        if nonce is not None and body.get("enforce_nonce"):
+            # Discord: the same author's message with this nonce from the last few minutes is
+            # returned instead of a new one.
+            earlier = self.fd.message_with_nonce(self.fd.bot_user, str(nonce))
+            if earlier is not None:
+                return json_response({**self._msg(earlier), "nonce": str(nonce)})
         msg = self.fd.create_message(
             channel,
             self.fd.bot_user,
@@ -584,6 +603,9 @@ class RestApi:
             uploads,
             msg_type=19 if body.get("message_reference") else 0,
         )
+        if nonce is not None:
+            self.fd.remember_nonce(self.fd.bot_user, str(nonce), msg)
+            return json_response({**self._msg(msg), "nonce": str(nonce)})
         return json_response(self._msg(msg))
 
     async def get_message(self, request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ import copy
 import logging
 import mimetypes
 import re
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from . import rest
-from .errors import ApiError, invalid_form
+from .errors import ApiError, Fault, invalid_form
 from .gateway import (
     DIRECT_MESSAGES,
     GUILD_MEMBERS,
@@ -63,6 +64,8 @@ class FakeDiscord(MemberActions):
         token_lifetime: seconds an interaction token stays valid for followups/edits (Discord: 900).
         heartbeat_interval: seconds, sent in HELLO.
         attachment_size_limit: bytes per uploaded file (also sent in interactions).
+        nonce_window: seconds a message nonce sent with ``enforce_nonce`` is remembered
+            (Discord: "a few minutes").
     """
 
     def __init__(
@@ -76,8 +79,12 @@ class FakeDiscord(MemberActions):
         token_lifetime: float = 15 * 60,
         heartbeat_interval: float = 10.0,
         attachment_size_limit: int = 10 * 1024 * 1024,
+        nonce_window: float = 5 * 60,
     ) -> None:
         self.token = token
+        self.nonce_window = nonce_window
+        self.faults: list[Fault] = []  # scripted 5xx answers: see fail()
+        self._nonces: dict[tuple[int, str], tuple[float, FakeMessage]] = {}
         self.response_deadline = response_deadline
         self.token_lifetime = token_lifetime
         self.attachment_size_limit = attachment_size_limit
@@ -409,6 +416,33 @@ class FakeDiscord(MemberActions):
             return all(n in have for n in names)
 
         await self.wait_until(synced, timeout=timeout, what=f"commands {names} to be synced")
+
+    # -- server errors and nonces ----------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        path: str,
+        status: int = 503,
+        *,
+        times: int = 1,
+        after_commit: bool = False,
+    ) -> Fault:
+        """Answer the next ``times`` matching requests with ``status`` (see :class:`Fault`),
+        e.g. ``fd.fail("POST", "/messages$", 503, after_commit=True)``."""
+        fault = Fault(method.upper(), path, status, times, after_commit)
+        self.faults.append(fault)
+        return fault
+
+    def remember_nonce(self, author: FakeUser, nonce: str, message: FakeMessage) -> None:
+        self._nonces[(author.id, nonce)] = (time.monotonic(), message)
+
+    def message_with_nonce(self, author: FakeUser, nonce: str) -> FakeMessage | None:
+        """The message ``author`` created with ``nonce`` within ``nonce_window`` seconds."""
+        found = self._nonces.get((author.id, nonce))
+        if found is None or time.monotonic() - found[0] > self.nonce_window:
+            return None
+        return None if found[1].deleted else found[1]
 
     # -- gateway controls ------------------------------------------------------------------------
 

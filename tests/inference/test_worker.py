@@ -137,3 +137,46 @@ async def test_screen_survives_a_crash(worker):
     await asyncio.sleep(0.2)
     assert await worker.screen([_png()]) == [False]
     assert worker.alive
+
+
+async def test_worker_exits_when_the_bot_is_killed(tiny_model_dir, tmp_path):
+    """`kill -9` of the bot while the model loads: the worker goes too (nothing left behind)."""
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from inference.engine import EngineConfig
+        from inference.worker import Worker
+
+        async def main():
+            worker = Worker(EngineConfig(model={tiny_model_dir!r}, device="cpu"))
+            task = asyncio.ensure_future(worker.start())
+            while worker.pid is None:
+                await asyncio.sleep(0.01)
+            print(worker.pid, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(bot.communicate(), 60)
+    child = int(out.split()[0])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while alive(child) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert not alive(child), "the worker outlived the bot"
+
+
+def alive(pid: int) -> bool:
+    """A live process (not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

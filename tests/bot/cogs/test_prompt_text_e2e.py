@@ -206,7 +206,7 @@ async def test_mentions_logged_before_the_check_are_shown_as_text(world):
     assert_literal(log["description"], old, where="/mod log", allowed=frozenset({"quote"}))
 
 
-def test_banned_words_with_backticks_are_listed_as_typed():
+async def test_banned_words_with_backticks_are_listed_as_typed():
     """A banned word holding ``` cannot end /mod words list's code block and format the rest."""
     from bot.cogs.moderation.pages import words_message
 
