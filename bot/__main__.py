@@ -1,6 +1,6 @@
 """`python -m bot`: the composition root.
 
-settings → database → repositories → worker → scheduler → services → client.
+settings → database → repositories → workers → scheduler → services → client.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 
 import discord
 
+from inference.backend import WorkerBackend
 from inference.engine import ModelLoadError
-from inference.worker import Worker
+from inference.pool import LocalPool
 
 from .db import Database, Repositories, StoreError
 from .queue import Scheduler, WorkerLike
@@ -45,7 +46,31 @@ def setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike) -> Scheduler:
+def build_workers(settings: Settings) -> WorkerBackend:
+    """The local pool (one process per device) or the Ray cluster's GPUs, not yet started."""
+    w = settings.workers
+    if w.backend == "ray":
+        from inference.ray_backend import RayPool  # Ray is an optional extra
+
+        return RayPool(
+            settings.engine,
+            address=w.ray_address,
+            resource=w.ray_resource,
+            poll_seconds=w.ray_poll_seconds,
+            start_timeout=settings.model.load_timeout,
+            restart_delay=w.restart_delay,
+        )
+    return LocalPool(
+        settings.engine,
+        settings.worker_devices,
+        start_timeout=settings.model.load_timeout,
+        restart_delay=w.restart_delay,
+    )
+
+
+def build_scheduler(
+    settings: Settings, repos: Repositories, worker: WorkerBackend | WorkerLike
+) -> Scheduler:
     q = settings.queue
     return Scheduler(
         repos,
@@ -56,12 +81,16 @@ def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike)
     )
 
 
-def build_bot(settings: Settings, repos: Repositories, worker: Worker) -> EaselBot:
-    """Scheduler → services → client, over opened repositories and a started worker."""
+def build_bot(
+    settings: Settings, repos: Repositories, worker: WorkerBackend | WorkerLike
+) -> EaselBot:
+    """Scheduler → services → client, over opened repositories and started workers (a pool,
+    or one lone worker)."""
     scheduler = build_scheduler(settings, repos, worker)
     log_channel = LogChannel(repos, settings.discord.log_channel_id)
+    workers = scheduler.workers
     services = Services.build(
-        settings, repos, scheduler, log_channel, native_size=lambda: worker.native_size
+        settings, repos, scheduler, log_channel, native_size=lambda: workers.native_size
     )
     return EaselBot(settings, repos, scheduler, services, log_channel, worker)
 
@@ -70,11 +99,16 @@ async def run(settings: Settings) -> None:
     point_discord_py_at(settings.discord.api_base, settings.discord.gateway_url)
     async with Database.open(settings.database_path) as db:
         repos = Repositories.on(db, images_dir=settings.images_dir)
-        log.info("Loading %s on %s …", settings.model.id, settings.model.device)
-        worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
-        await worker.start()
+        workers = build_workers(settings)
+        where = (
+            f"the Ray cluster at {settings.workers.ray_address}"
+            if settings.workers.backend == "ray"
+            else ", ".join(settings.worker_devices)
+        )
+        log.info("Loading %s on %s …", settings.model.id, where)
+        await workers.start()  # returns once the first worker is ready; the others load on
         try:
-            async with build_bot(settings, repos, worker) as bot:
+            async with build_bot(settings, repos, workers) as bot:
                 loop = asyncio.get_running_loop()
                 with contextlib.suppress(NotImplementedError):
                     loop.add_signal_handler(
@@ -82,7 +116,7 @@ async def run(settings: Settings) -> None:
                     )
                 await bot.start(settings.discord_token)
         finally:
-            await worker.stop()
+            await workers.stop()
 
 
 def main() -> int:

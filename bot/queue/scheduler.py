@@ -149,6 +149,7 @@ class _Running:
     progress: float = 0.0  # fraction of the batch's steps done
     cancelled: set[int] = field(default_factory=set)
     recorded: set[int] = field(default_factory=set)  # results written to the database
+    cancel_arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ids(self) -> list[int]:
         return [entry.gen_id for entry in self.entries]
@@ -414,6 +415,7 @@ class Scheduler:
                     if user_id is not None and entry.user_id != user_id:
                         return False
                     running.cancelled.add(gen_id)
+                    running.cancel_arrived.set()
                     if running.slot is not None:  # the worker that runs it, wherever it is
                         running.slot.cancel(str(gen_id))
                     return True
@@ -659,12 +661,19 @@ class Scheduler:
     ) -> tuple[list[GenerationResult], float | None]:
         """Run the batch on its worker; if that worker dies, once more on the first free one
         (ahead of new batches). Returns the results and the seconds of the attempt that
-        answered (None if none did). The worker is given back as soon as it answers."""
+        answered (None if none did). The worker stays reserved until the results are
+        recorded, so it takes its next batch only after that."""
         answered: list[GenerationResult] = []
         for attempt in (1, 2):
             slot = running.slot
             if slot is None:  # a retry: wait for any worker
-                slot = running.slot = await self.workers.acquire(retry=True)
+                slot = running.slot = await self._retry_slot(running, requests)
+                # Cancelled while it waited: not run again.
+                gone = [r for r in requests if int(r.job_id) in running.cancelled]
+                answered += [GenerationResult(r.job_id, cancelled=True) for r in gone]
+                requests = [r for r in requests if r not in gone]
+                if slot is None or not requests:
+                    return answered, None
                 running.worker = slot.name
             running.started = time.monotonic()
             running.progress = 0.0
@@ -693,13 +702,34 @@ class Scheduler:
                 message = f"The image worker failed unexpectedly ({type(error).__name__}: {error})."
                 results = [GenerationResult(job_id=r.job_id, error=message) for r in requests]
             elapsed = time.monotonic() - running.started
-            running.slot = None
-            self.workers.release(slot)
             for result in results:
                 result.attempts = max(result.attempts, attempt)
             return answered + results, elapsed
         failed = [GenerationResult(r.job_id, error=CRASHED_TWICE, attempts=2) for r in requests]
         return answered + failed, None
+
+    async def _retry_slot(
+        self, running: _Running, requests: list[GenerationRequest]
+    ) -> Slot | None:
+        """The first free worker for a retry, or None once every job of it is cancelled (a
+        member need not wait for a worker to come back to see their cancel done)."""
+        acquire = asyncio.ensure_future(self.workers.acquire(retry=True))
+        try:
+            while not all(int(r.job_id) in running.cancelled for r in requests):
+                running.cancel_arrived.clear()
+                cancel = asyncio.ensure_future(running.cancel_arrived.wait())
+                await asyncio.wait({acquire, cancel}, return_when=asyncio.FIRST_COMPLETED)
+                cancel.cancel()
+                if acquire.done():
+                    return acquire.result()
+        finally:
+            if not acquire.done():
+                acquire.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
+        if not acquire.cancelled() and acquire.exception() is None:
+            self.workers.release(acquire.result())  # it came just as the last job was cancelled
+        return None
 
     def _on_progress(
         self, job_id: str, step: int, total: int, preview: bytes | None = None

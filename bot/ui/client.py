@@ -11,10 +11,10 @@ import discord
 from discord.ext import commands
 
 from bot.db import Repositories
-from bot.queue import Scheduler
+from bot.queue import Scheduler, WorkerLike
 from bot.services import Services
 from bot.settings import Settings
-from inference.worker import Worker
+from inference.backend import WorkerBackend
 
 from .actions import Actions
 from .buttons import PERSISTENT_ITEMS
@@ -41,7 +41,7 @@ class EaselBot(commands.Bot):
         scheduler: Scheduler,
         services: Services,
         log_channel: LogChannel,
-        worker: Worker | None = None,
+        worker: WorkerBackend | WorkerLike | None = None,
     ):
         # Easel never joins voice: skip discord.py's warnings about voice libraries.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
