@@ -106,8 +106,10 @@ def resolve_device(name: str) -> str:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"EASEL_DEVICE is {name} but torch sees no CUDA GPU; use auto or cpu.")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("EASEL_DEVICE is cuda but torch sees no CUDA GPU; use auto or cpu.")
+    if name.startswith("cuda:") and not torch.cuda.is_available():
+        raise ModelLoadError(f"Device {name} asked for, but torch sees no CUDA GPU.")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise ModelLoadError(
             f"There is no GPU {name}: torch sees {torch.cuda.device_count()} (cuda:0 is the first)."

@@ -97,6 +97,9 @@ class LocalPool(Pool):
         self.restart_delay = restart_delay
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        for name, device in zip(worker_names(self.devices), self.devices, strict=True):
+            worker = Worker(dataclasses.replace(config, device=device), start_timeout=start_timeout)
+            self._add(LocalSlot(name, worker))
 
     @property
     def slots(self) -> list[LocalSlot]:
@@ -115,10 +118,6 @@ class LocalPool(Pool):
     async def start(self) -> None:
         """Start every worker at once; return when the first has loaded its model."""
         self._stopping = False
-        if not self.statuses():
-            for name, device in zip(worker_names(self.devices), self.devices, strict=True):
-                config = dataclasses.replace(self.config, device=device)
-                self._add(LocalSlot(name, Worker(config, start_timeout=self.start_timeout)))
         for name in self._names():
             self._launch(name, restart=False)
         try:
@@ -153,7 +152,10 @@ class LocalPool(Pool):
                     return  # a device that fails at start-up is a setting to fix
                 await asyncio.sleep(self.restart_delay)
                 continue
-            self._ready(name, where=str(worker.info.get("device", "")), info=worker.info)
+            device = str(worker.info.get("device", ""))
+            # "auto (cuda)" says something; "cpu#2 (cpu)" does not.
+            where = "" if name.split("#")[0] == device else device
+            self._ready(name, where=where, info=worker.info)
             return
 
     def is_stopping(self) -> bool:

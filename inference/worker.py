@@ -130,6 +130,7 @@ def load_engine(config: EngineConfig) -> tuple[Engine | None, Ready | LoadFailed
     from .engine import Engine
 
     started = time.perf_counter()
+    time.sleep(float(config.extra.get("load_delay", 0.0)))  # test hook: a slow-loading worker
     try:
         engine = Engine(config).load()
     except ModelLoadError as error:

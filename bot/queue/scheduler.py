@@ -286,15 +286,12 @@ class Scheduler:
                 return running
         return None
 
-    def worker_of(self, gen_id: int) -> str | None:
-        """The worker that runs a job now (its label: name and where it runs)."""
+    def worker_of(self, gen_id: int) -> WorkerStatus | None:
+        """The worker that runs a job now (None while it waits for one)."""
         running = self._batch_of(gen_id)
         if running is None or running.slot is None:
             return None
-        for status in self.workers.statuses():
-            if status.name == running.worker:
-                return status.label
-        return running.worker
+        return next((s for s in self.workers.statuses() if s.name == running.worker), None)
 
     def workers_info(self) -> list[WorkerInfo]:
         """Every worker, its state and the jobs it runs now."""

@@ -113,10 +113,10 @@ class Delivery(QuietListener):
 
     def _where(self, gen_id: int) -> str:
         """` on cuda:1` when more than one worker serves the queue."""
-        label = self.scheduler.worker_of(gen_id)
-        if label is None or len(self.scheduler.workers.statuses()) < 2:
+        worker = self.scheduler.worker_of(gen_id)
+        if worker is None or len(self.scheduler.workers.statuses()) < 2:
             return ""
-        return f" on {label}"
+        return f" on {worker.label}"
 
     # --- scheduler listener ---------------------------------------------------------------
 

@@ -111,7 +111,7 @@ async def test_cancel_reaches_the_worker_that_runs_the_job(repos, make_scheduler
     await scheduler.start()
     pending = await pool.wait_pending(2)
     on_b = next(name for name, batch in pending.items() if ids(batch) == {b.id})
-    assert scheduler.worker_of(b.id) == on_b
+    assert scheduler.worker_of(b.id).name == on_b
     assert await scheduler.cancel(b.id, user_id=2)
     assert pool.slot(on_b).cancelled == {str(b.id)}
     assert all(not s.cancelled for s in pool.members if s.name != on_b)
