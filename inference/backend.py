@@ -148,7 +148,7 @@ class Pool:
         if member is None or member.slot is not slot:
             return  # replaced meanwhile
         if crashed:
-            self._set(slot.name, WorkerState.LOADING, detail="restarting after a crash")
+            self._set(slot.name, WorkerState.LOADING, detail="it crashed")
             self._restart(slot.name)
         elif member.status.state == WorkerState.RUNNING:
             self._set(slot.name, WorkerState.IDLE)
@@ -245,7 +245,7 @@ class Pool:
             if self._alive(member.slot):
                 return member
             # Died between batches: restart it before anyone is handed a dead worker.
-            self._set(member.slot.name, WorkerState.LOADING, detail="restarting: it had exited")
+            self._set(member.slot.name, WorkerState.LOADING, detail="it had exited")
             self._restart(member.slot.name)
         return None
 

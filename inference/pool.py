@@ -136,8 +136,11 @@ class LocalPool(Pool):
         slot = self._slot(name)
         assert isinstance(slot, LocalSlot)
         worker = slot.worker
+        tries = 0
         while not self.is_stopping():
-            self._loading(name, "restarting after a crash" if restart else "loading the model")
+            if not restart or tries:  # a first restart keeps saying why it restarts
+                self._loading(name, "restarting" if restart else "loading the model")
+            tries += 1
             try:
                 if restart:
                     await worker.restart()

@@ -679,7 +679,8 @@ class Scheduler:
             except WorkerCrashed:
                 running.slot = None
                 self.workers.release(slot, crashed=True)
-                log.error(
+                # A warning: the batch is tried again; failing it twice is the error.
+                (log.warning if attempt == 1 else log.error)(
                     "Worker %s crashed running jobs %s (attempt %d)",
                     slot.name,
                     [r.job_id for r in requests],

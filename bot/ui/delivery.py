@@ -209,7 +209,8 @@ class Delivery(QuietListener):
         if worker.state == WorkerState.DOWN:
             text = f"⚠️ Image worker {name} is down: {clip(worker.status.detail, 300)}"
         elif worker.state == WorkerState.LOADING and before in UP:
-            text = f"🔄 Image worker {name} stopped ({worker.status.detail}); restarting it"
+            why = f" ({worker.status.detail})" if worker.status.detail else ""
+            text = f"🔄 Image worker {name} stopped{why}; restarting it"
         elif worker.state == WorkerState.LOADING and before is None:
             text = f"➕ Image worker {name} joined; loading the model"
         elif worker.state == WorkerState.IDLE and before in (WorkerState.LOADING, WorkerState.DOWN):
