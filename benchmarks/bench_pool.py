@@ -38,9 +38,10 @@ def request(i: int, steps: int, size: int) -> GenerationRequest:
 
 
 async def images_per_second(
-    pool: WorkerBackend, folder: Path, jobs: int, steps: int, size: int, batch: int
+    pool: LocalPool, folder: Path, jobs: int, steps: int, size: int, batch: int
 ) -> float:
-    """Queue `jobs` one-image jobs from four members; seconds from start to all recorded."""
+    """Queue `jobs` one-image jobs from four members; images per second from start to all
+    recorded."""
     async with Database.open(folder / "easel.sqlite3") as db:
         scheduler = Scheduler(
             Repositories.on(db, images_dir=folder / "images"), pool, max_batch=batch
@@ -65,6 +66,9 @@ async def throughput(args: argparse.Namespace, model: str, tmp: Path) -> None:
     a shared machine drifts over both alike)."""
     config = EngineConfig(model=model, device="cpu", preview_interval=1.0)  # bot default: on
     rates: dict[int, list[float]] = {1: [], 2: []}
+    bot_cpu: dict[int, list[float]] = {1: [], 2: []}  # the bot process's CPU s per image
+    spans: dict[int, list[float]] = {1: [], 2: []}  # a worker's own seconds per batch
+    load = os.getloadavg()[0]
     async with LocalPool(config, ["cpu"]) as one, LocalPool(config, ["cpu", "cpu"]) as two:
         pools = {1: one, 2: two}
         for workers, pool in pools.items():
@@ -73,10 +77,19 @@ async def throughput(args: argparse.Namespace, model: str, tmp: Path) -> None:
         for r in range(args.rounds):
             for workers, pool in pools.items():
                 folder = tmp / f"w{workers}r{r}"
+                for slot in pool.slots:
+                    slot.worker.timeline.clear()
+                cpu = time.process_time()
                 rate = await images_per_second(
                     pool, folder, args.jobs, args.steps, args.size, args.batch
                 )
+                bot_cpu[workers].append((time.process_time() - cpu) / args.jobs)
                 rates[workers].append(rate)
+                spans[workers] += [
+                    span.finished_at - span.started_at
+                    for slot in pool.slots
+                    for span in slot.worker.timeline
+                ]
     print(
         f"Throughput, tiny model, {args.size} px, {args.steps} steps, {args.jobs} one-image jobs "
         f"from 4 members, batch ≤ {args.batch}, {args.rounds} rounds, "
@@ -85,10 +98,18 @@ async def throughput(args: argparse.Namespace, model: str, tmp: Path) -> None:
     for workers, values in rates.items():
         print(
             f"  {workers} worker(s): images/s min {min(values):.2f}  "
-            f"median {statistics.median(values):.2f}  max {max(values):.2f}"
+            f"median {statistics.median(values):.2f}  max {max(values):.2f};  "
+            f"a batch takes its worker {statistics.median(spans[workers]) * 1000:.0f} ms "
+            f"(median); the bot process uses {statistics.median(bot_cpu[workers]) * 1000:.0f} "
+            "ms CPU per image"
         )
     ratio = statistics.median(rates[2]) / statistics.median(rates[1])
     print(f"  two workers / one worker (medians): {ratio:.2f}×")
+    slower = statistics.median(spans[2]) / statistics.median(spans[1])
+    print(
+        f"  each batch takes {slower:.2f}× as long with two workers side by side (cores shared); "
+        f"load average {load:.1f} → {os.getloadavg()[0]:.1f}"
+    )
 
 
 async def one_batch(pool: WorkerBackend, i: int, steps: int, size: int) -> float:
