@@ -80,6 +80,14 @@ class WorkerBackend(Protocol):
         """Wait for a free worker and reserve it; `retry=True` goes ahead of new batches."""
         ...
 
+    def reserve(self, *, retry: bool = False) -> asyncio.Future[Slot]:
+        """Take a place in the line for a worker now (the future is done at once if one is
+        free); hand it to `give_up` to leave the line."""
+        ...
+
+    def give_up(self, reserved: asyncio.Future[Slot]) -> None:
+        """Leave the line; a worker already handed over is given back."""
+
     def release(self, slot: Slot, *, crashed: bool = False) -> None:
         """Give the worker back; a crashed one is restarted (or replaced)."""
 
@@ -127,21 +135,27 @@ class Pool:
         self._subscribers.append(callback)
 
     async def acquire(self, *, retry: bool = False) -> Slot:
-        queue = self._retrying if retry else self._waiting
+        reserved = self.reserve(retry=retry)
+        try:
+            return await reserved
+        except asyncio.CancelledError:
+            self.give_up(reserved)  # handed over just as the waiter gave up: give it back
+            raise
+
+    def reserve(self, *, retry: bool = False) -> asyncio.Future[Slot]:
+        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         idle = self._idle()
         if idle is not None and (retry or not self._retrying):
-            return self._take(idle)
-        future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        queue.append(future)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release(future.result())  # handed over just as the waiter gave up
-            raise
-        finally:
-            if future in queue:
-                queue.remove(future)
+            future.set_result(self._take(idle))
+        else:
+            (self._retrying if retry else self._waiting).append(future)
+        return future
+
+    def give_up(self, reserved: asyncio.Future[Slot]) -> None:
+        if reserved.done() and not reserved.cancelled():
+            self.release(reserved.result())
+        else:
+            reserved.cancel()  # `_hand_over` skips it
 
     def release(self, slot: Slot, *, crashed: bool = False) -> None:
         member = self._members.get(slot.name)

@@ -25,7 +25,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from bot.db import Repositories, StoreError
 from bot.domain import Generation, JobOrigin, Status
@@ -553,7 +553,12 @@ class Scheduler:
             if self._paused or not self.queue:  # changed while we waited for a worker
                 self.workers.release(slot)
                 continue
-            self._start_batch(slot)
+            try:
+                self._start_batch(slot)
+            except Exception:  # a bug must not stop the dispatcher for good
+                log.exception("Dispatcher error; retrying in 1 s")
+                self.workers.release(slot)
+                await asyncio.sleep(1.0)
 
     def _start_batch(self, slot: Slot) -> None:
         """Pop the next fair batch for this worker and run it in its own task."""
@@ -661,10 +666,11 @@ class Scheduler:
         answered (None if none did). The worker stays reserved until the results are
         recorded, so it takes its next batch only after that."""
         answered: list[GenerationResult] = []
+        retry: asyncio.Future[Slot] | None = None
         for attempt in (1, 2):
             slot = running.slot
-            if slot is None:  # a retry: wait for any worker
-                slot = running.slot = await self._retry_slot(running, requests)
+            if slot is None and retry is not None:  # a retry: the first free worker
+                slot = running.slot = await self._retry_slot(running, requests, retry)
                 # Cancelled while it waited: not run again.
                 gone = [r for r in requests if int(r.job_id) in running.cancelled]
                 answered += [GenerationResult(r.job_id, cancelled=True) for r in gone]
@@ -672,12 +678,15 @@ class Scheduler:
                 if slot is None or not requests:
                     return answered, None
                 running.worker = slot.name
+            assert slot is not None
             running.started = time.monotonic()
             running.progress = 0.0
             try:
                 results = await slot.run(requests, on_progress=self._on_progress)
             except WorkerCrashed:
                 running.slot = None
+                if attempt == 1:  # in line first, so even its own restart cannot go elsewhere
+                    retry = self.workers.reserve(retry=True)
                 self.workers.release(slot, crashed=True)
                 # A warning: the batch is tried again; failing it twice is the error.
                 (log.warning if attempt == 1 else log.error)(
@@ -691,6 +700,8 @@ class Scheduler:
                 answered += [GenerationResult(r.job_id, cancelled=True) for r in gone]
                 requests = [r for r in requests if r not in gone]
                 if not requests:
+                    if retry is not None:
+                        self.workers.give_up(retry)
                     return answered, None
                 continue
             except asyncio.CancelledError:
@@ -707,26 +718,26 @@ class Scheduler:
         return answered + failed, None
 
     async def _retry_slot(
-        self, running: _Running, requests: list[GenerationRequest]
+        self, running: _Running, requests: list[GenerationRequest], acquire: asyncio.Future[Slot]
     ) -> Slot | None:
-        """The first free worker for a retry, or None once every job of it is cancelled (a
-        member need not wait for a worker to come back to see their cancel done)."""
-        acquire = asyncio.ensure_future(self.workers.acquire(retry=True))
+        """The worker reserved for a retry once it is free, or None once every job of it is
+        cancelled (a member need not wait for a worker to come back to see the cancel done)."""
+        waiters: list[asyncio.Task[Literal[True]]] = []
         try:
             while not all(int(r.job_id) in running.cancelled for r in requests):
                 running.cancel_arrived.clear()
-                cancel = asyncio.ensure_future(running.cancel_arrived.wait())
-                await asyncio.wait({acquire, cancel}, return_when=asyncio.FIRST_COMPLETED)
-                cancel.cancel()
+                waiters.append(asyncio.ensure_future(running.cancel_arrived.wait()))
+                either: set[asyncio.Future[Any]] = {acquire, waiters[-1]}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if acquire.done():
                     return acquire.result()
+        except asyncio.CancelledError:
+            self.workers.give_up(acquire)
+            raise
         finally:
-            if not acquire.done():
-                acquire.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await acquire
-        if not acquire.cancelled() and acquire.exception() is None:
-            self.workers.release(acquire.result())  # it came just as the last job was cancelled
+            for waiter in waiters:
+                waiter.cancel()
+        self.workers.give_up(acquire)  # a worker that came just as the last job was cancelled
         return None
 
     def _on_progress(
