@@ -310,9 +310,11 @@ class PoolQueueMachine(QueueMachine):
                         slot.release("ok")
                 self.settle()
             self.finals_end_once()
-            self.run(self.scheduler.stop())
-            self.run(self.database.close())
         finally:
+            # Stopped even when a check failed, so no batch task outlives its event loop.
+            if self.scheduler is not None:
+                self.run(self.scheduler.stop())
+                self.run(self.database.close())
             self.cleanup()
 
 
