@@ -1,6 +1,6 @@
 """`python -m bot`: the composition root.
 
-settings → database → repositories → worker → scheduler → services → client.
+settings → database → repositories → workers → scheduler → services → client.
 
 Start-up checks the cheap things first, so a mistake is one line and not minutes of waiting:
 the settings, the data folder and the database (read before anything writes), the Discord
@@ -19,8 +19,9 @@ import sys
 import aiohttp
 import discord
 
+from inference.backend import WorkerBackend
 from inference.engine import ModelLoadError
-from inference.worker import Worker
+from inference.pool import LocalPool
 
 from .db import Database, Repositories, StoreError
 from .db.database import ensure_writable_folder
@@ -65,7 +66,31 @@ def setup_logging() -> None:
     logging.getLogger("discord.client").setLevel(logging.WARNING)
 
 
-def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike) -> Scheduler:
+def build_workers(settings: Settings) -> WorkerBackend:
+    """The local pool (one process per device) or the Ray cluster's GPUs, not yet started."""
+    w = settings.workers
+    if w.backend == "ray":
+        from inference.ray_backend import RayPool  # Ray is an optional extra
+
+        return RayPool(
+            settings.engine,
+            address=w.ray_address,
+            resource=w.ray_resource,
+            poll_seconds=w.ray_poll_seconds,
+            start_timeout=settings.model.load_timeout,
+            restart_delay=w.restart_delay,
+        )
+    return LocalPool(
+        settings.engine,
+        settings.worker_devices,
+        start_timeout=settings.model.load_timeout,
+        restart_delay=w.restart_delay,
+    )
+
+
+def build_scheduler(
+    settings: Settings, repos: Repositories, worker: WorkerBackend | WorkerLike
+) -> Scheduler:
     q = settings.queue
     return Scheduler(
         repos,
@@ -79,20 +104,22 @@ def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike)
 def build_bot(
     settings: Settings,
     repos: Repositories,
-    worker: Worker,
+    worker: WorkerBackend | WorkerLike,
     http_session: aiohttp.ClientSession | None = None,
 ) -> EaselBot:
-    """Scheduler → services → client, over opened repositories and a worker (the client's
-    setup hook starts it if it is not running yet; its safety checker also screens uploads)."""
+    """Scheduler → services → client, over opened repositories and the workers (a pool, or one
+    lone worker; the client's setup hook starts them if they are not yet, and their safety
+    checker also screens uploads)."""
     scheduler = build_scheduler(settings, repos, worker)
     log_channel = LogChannel(repos, settings.discord.log_channel_id)
+    workers = scheduler.workers
     services = Services.build(
         settings,
         repos,
         scheduler,
         log_channel,
-        native_size=lambda: worker.native_size,
-        screener=worker,
+        native_size=lambda: workers.native_size,
+        screener=workers,
     )
     return EaselBot(settings, repos, scheduler, services, log_channel, worker, http_session)
 
@@ -129,11 +156,11 @@ async def run(settings: Settings, termination: _Termination | None = None) -> No
     async with Database.open(settings.database_path) as db:
         repos = Repositories.on(db, images_dir=settings.images_dir)
         # Started by the bot's setup hook, once Discord has accepted the token.
-        worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
+        workers = build_workers(settings)
         try:
             async with (
                 aiohttp.ClientSession() as http_session,
-                build_bot(settings, repos, worker, http_session) as bot,
+                build_bot(settings, repos, workers, http_session) as bot,
             ):
                 termination.bot = bot
                 try:
@@ -149,7 +176,7 @@ async def run(settings: Settings, termination: _Termination | None = None) -> No
                     ) from None
                 await bot.connect()
         finally:
-            await worker.stop(grace=STOP_GRACE if termination.requested else 10.0)
+            await workers.stop(grace=STOP_GRACE if termination.requested else 10.0)
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 
 from dotenv import dotenv_values
 
-from inference.engine import DEVICES, DTYPES, EngineConfig
+from inference.engine import DEVICES, DTYPES, EngineConfig, valid_device
 from inference.request import ASPECTS, SAMPLERS, Limits
 
 from .domain import SafetyMode
@@ -70,7 +70,7 @@ class DiscordSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    device: str = field(default="auto", metadata=_choice(*DEVICES))
+    device: str = "auto"  # auto, cuda, cuda:N, mps, cpu (checked below)
     dtype: str = field(default="auto", metadata=_choice(*DTYPES))
     compile: bool = False
     safety_checker: bool = True
@@ -117,6 +117,19 @@ class QueueSettings:
     initial_mpix_steps_per_second: float = field(default=10.0, metadata=_range(0.001))
 
 
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class WorkersSettings:
+    backend: str = field(default="local", metadata=_choice(*BACKENDS))
+    devices: tuple[str, ...] = ("auto",)
+    ray_address: str = "auto"
+    ray_resource: str = "GPU"
+    ray_poll_seconds: float = field(default=5.0, metadata=_range(0.1, 3600))
+    restart_delay: float = field(default=30.0, metadata=_range(0, 3600))
+
+
 @dataclass(frozen=True)
 class DataSettings:
     dir: Path = Path("./data")
@@ -135,6 +148,7 @@ SECTIONS = {
     "model": ModelSettings,
     "generation": GenerationSettings,
     "queue": QueueSettings,
+    "workers": WorkersSettings,
     "data": DataSettings,
     "moderation": ModerationSettings,
 }
@@ -146,6 +160,7 @@ class Settings:
     model: ModelSettings = ModelSettings()
     generation: GenerationSettings = GenerationSettings()
     queue: QueueSettings = QueueSettings()
+    workers: WorkersSettings = WorkersSettings()
     data: DataSettings = DataSettings()
     moderation: ModerationSettings = ModerationSettings()
     # Secret: kept out of repr so it never lands in a log line.
@@ -180,6 +195,11 @@ class Settings:
                 self.discord.progress_interval if self.discord.progress_preview else 0.0
             ),
         )
+
+    @property
+    def worker_devices(self) -> tuple[str, ...]:
+        """workers.devices, with `auto` meaning model.device (EASEL_DEVICE)."""
+        return tuple(self.model.device if d == "auto" else d for d in self.workers.devices)
 
     @property
     def database_path(self) -> Path:
@@ -368,5 +388,27 @@ def _check_consistency(settings: Settings) -> None:
             raise SettingsError(
                 f"Setting discord.{key}: {url!r} must start with {' or '.join(schemes)}."
             )
+    if not valid_device(settings.model.device):
+        raise SettingsError(
+            f"Setting model.device: {settings.model.device!r} is not allowed; "
+            f"use one of: {', '.join(DEVICES)}, or cuda:N for GPU number N."
+        )
+    w = settings.workers
+    if not w.devices:
+        raise SettingsError('Setting workers.devices: list at least one device, e.g. ["auto"].')
+    for device in w.devices:
+        if device != "all" and not valid_device(device):
+            raise SettingsError(
+                f"Setting workers.devices: {device!r} is not allowed; use auto, all, cpu, "
+                "mps, cuda or cuda:N (GPU number N)."
+            )
+    if "all" in w.devices and len(w.devices) > 1:
+        raise SettingsError('Setting workers.devices: "all" stands alone (every visible GPU).')
+    if w.backend == "ray" and not w.ray_address.strip():
+        raise SettingsError(
+            "Setting workers.ray_address: name the Ray cluster (auto, or ray://host:10001)."
+        )
+    if not w.ray_resource.strip():
+        raise SettingsError("Setting workers.ray_resource: name a Ray resource, e.g. GPU.")
     if not settings.model.id.strip():
         raise SettingsError("Setting model.id (EASEL_MODEL): name a hub model id or a folder.")

@@ -25,6 +25,14 @@ from .request import (
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
+def _device(name: str) -> str:
+    from .engine import valid_device
+
+    if not valid_device(name):
+        raise argparse.ArgumentTypeError(f"{name!r}: use auto, cuda, cuda:N, mps or cpu")
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inference", description="Easel's Stable Diffusion engine, alone."
@@ -51,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--device",
         default=os.environ.get("EASEL_DEVICE", "auto"),
-        choices=["auto", "cuda", "mps", "cpu"],
+        type=_device,
+        help="auto, cuda, cuda:N (GPU number N), mps or cpu",
     )
     gen.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     gen.add_argument("--compile", action="store_true", help="torch.compile the UNet")

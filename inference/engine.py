@@ -93,12 +93,20 @@ class _Slot:
     seed: int
 
 
+def valid_device(name: str) -> bool:
+    """auto, cuda, mps, cpu, or one GPU by index: cuda:0, cuda:1, …"""
+    index = name.removeprefix("cuda:")
+    return name in DEVICES or (index != name and index.isdigit())
+
+
 def resolve_device(name: str) -> str:
-    """`auto` picks cuda, then mps, then cpu."""
+    """`auto` picks cuda, then mps, then cpu; `cuda:N` is GPU number N."""
     import torch
 
-    if name not in DEVICES:
-        raise ModelLoadError(f"Unknown device {name!r}; use one of: {', '.join(DEVICES)}.")
+    if not valid_device(name):
+        raise ModelLoadError(
+            f"Unknown device {name!r}; use one of: {', '.join(DEVICES)}, or cuda:N for GPU N."
+        )
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -107,6 +115,12 @@ def resolve_device(name: str) -> str:
         return "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("EASEL_DEVICE is cuda but torch sees no CUDA GPU; use auto or cpu.")
+    if name.startswith("cuda:") and not torch.cuda.is_available():
+        raise ModelLoadError(f"Device {name} asked for, but torch sees no CUDA GPU.")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"There is no GPU {name}: torch sees {torch.cuda.device_count()} (cuda:0 is the first)."
+        )
     if name == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
@@ -120,7 +134,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name not in DTYPES:
         raise ModelLoadError(f"Unknown dtype {name!r}; use one of: {', '.join(DTYPES)}.")
     if name == "auto":
-        return torch.float16 if device in ("cuda", "mps") else torch.float32
+        return torch.float16 if device.startswith(("cuda", "mps")) else torch.float32
     dtype: torch.dtype = getattr(torch, name)
     return dtype
 
@@ -439,7 +453,7 @@ class Engine:
         try:
             arrays = self._call_pipeline(template, slots, on_progress, job_ids, cancelled)
         except torch.OutOfMemoryError:
-            if self.device == "cuda":
+            if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             if len(slots) == 1:
                 log.warning(

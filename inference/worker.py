@@ -10,6 +10,7 @@ crash fails the batch's jobs with a clear error and the fresh worker serves the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -19,12 +20,16 @@ import queue
 import resource
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .engine import EngineConfig, ModelLoadError
 from .request import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +146,86 @@ def _gpu_peak_mb() -> float | None:
     return None
 
 
+def load_engine(config: EngineConfig) -> tuple[Engine | None, Ready | LoadFailed]:
+    """Load the engine once; the message says how it went (shared by process and Ray actor)."""
+    from .engine import Engine
+
+    started = time.perf_counter()
+    time.sleep(float(config.extra.get("load_delay", 0.0)))  # test hook: a slow-loading worker
+    try:
+        engine = Engine(config).load()
+    except ModelLoadError as error:
+        return None, LoadFailed(str(error))
+    info = {
+        "native_size": engine.native_size,
+        "device": engine.device,
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "model": config.model,
+        "load_seconds": time.perf_counter() - started,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    return engine, Ready(info)
+
+
+def execute(
+    engine: Engine,
+    run: RunBatch,
+    send: Callable[[FromWorker], None],
+    cancelled: set[str],
+    stopping: threading.Event | None = None,
+) -> BatchDone | BatchFailed:
+    """Run one batch, sending `Progress` messages on the way; the answer is the last message.
+    Once `stopping` is set, every job of the batch counts as cancelled (it stops at its next
+    step and runs again at the next start).
+
+    Shared by the worker process and the Ray actor, so both speak the same messages.
+    """
+    everyone = {request.job_id for request in run.batch}
+
+    def stopped() -> set[str]:
+        return cancelled | everyone if stopping is not None and stopping.is_set() else cancelled
+
+    previews: dict[int, bytes] = {}
+    step_delay = float(engine.config.extra.get("step_delay", 0.0))
+
+    def progress(step: int, total: int) -> None:
+        if step_delay:
+            time.sleep(step_delay)  # test hook: leaves time to cancel or kill mid-run
+        send(Progress(run.batch_id, step, total, dict(previews)))
+        previews.clear()
+
+    started_at = time.time()  # wall clock: comparable across workers (overlap measurements)
+    try:
+        results = engine.run(
+            run.batch,
+            on_progress=progress,
+            cancelled=stopped,
+            on_preview=previews.__setitem__,
+        )
+    except Exception as error:  # a bug or a bad request must not kill the worker
+        log.exception("Batch %s failed", run.batch_id)
+        return BatchFailed(run.batch_id, f"{type(error).__name__}: {error}")
+    finally:
+        for request in run.batch:
+            cancelled.discard(request.job_id)
+    stats = {
+        "peak_rss_mb": _peak_rss_mb(),
+        "gpu_peak_mb": _gpu_peak_mb(),
+        "started_at": started_at,
+        "finished_at": time.time(),
+    }
+    return BatchDone(run.batch_id, results, stats)
+
+
+def screen(engine: Engine, message: ScreenImages) -> Screened | ScreenFailed:
+    """The safety checker's verdict on uploaded images (shared by process and Ray actor)."""
+    try:
+        return Screened(message.screen_id, engine.screen(message.pngs))
+    except Exception as error:  # an unreadable image must not kill the worker
+        log.exception("Screening %s failed", message.screen_id)
+        return ScreenFailed(message.screen_id, f"{type(error).__name__}: {error}")
+
+
 def _exit_with_parent() -> None:
     """End this process when the bot is gone, even mid-load (nothing may be left behind)."""
     parent = os.getppid()
@@ -154,46 +239,36 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="easel-worker-parent", daemon=True).start()
 
 
+def _quiet_hub_logging() -> None:
+    """huggingface_hub adds its own log handler on import: with the worker's own one each of
+    its lines would print twice."""
+    import logging as child_logging
+
+    import huggingface_hub  # noqa: F401
+
+    hub = child_logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
+
+
 def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> None:
     """Entry point of the worker process: load once, then run batches until told to stop."""
     import logging as child_logging
 
     _exit_with_parent()
-    import huggingface_hub  # noqa: F401  (adds its own log handler on import)
-
-    from .engine import Engine
-
     child_logging.basicConfig(
         level=child_logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s"
     )
-    # huggingface_hub's handler and this one would print each of its lines twice.
-    hub = child_logging.getLogger("huggingface_hub")
-    for handler in list(hub.handlers):
-        hub.removeHandler(handler)
-    started = time.perf_counter()
-    try:
-        engine = Engine(config).load()
-    except ModelLoadError as error:
-        outbox.send(LoadFailed(str(error)))
+    _quiet_hub_logging()
+    engine, loaded = load_engine(config)
+    outbox.send(loaded)
+    if engine is None:
         return
-    outbox.send(
-        Ready(
-            {
-                "native_size": engine.native_size,
-                "device": engine.device,
-                "dtype": str(engine.dtype).removeprefix("torch."),
-                "model": config.model,
-                "load_seconds": time.perf_counter() - started,
-                "peak_rss_mb": _peak_rss_mb(),
-            }
-        )
-    )
 
     # Batches and screenings, in the order they came: one thing on the GPU at a time.
     jobs: queue.Queue[RunBatch | ScreenImages | None] = queue.Queue()
     cancelled: set[str] = set()
     stopping = threading.Event()  # Stop cancels the running batch at its next step
-    step_delay = float(config.extra.get("step_delay", 0.0))
 
     def listen() -> None:
         while True:
@@ -213,48 +288,32 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
                     return
 
     threading.Thread(target=listen, name="easel-worker-inbox", daemon=True).start()
-    while (run := jobs.get()) is not None:
-        if stopping.is_set():
-            break
+    while (run := jobs.get()) is not None and not stopping.is_set():
         if isinstance(run, ScreenImages):
-            try:
-                outbox.send(Screened(run.screen_id, engine.screen(run.pngs)))
-            except Exception as error:  # an unreadable image must not kill the worker
-                log.exception("Screening %s failed", run.screen_id)
-                outbox.send(ScreenFailed(run.screen_id, f"{type(error).__name__}: {error}"))
-            continue
-        previews: dict[int, bytes] = {}
-        everyone = {request.job_id for request in run.batch}
-
-        def stopped(everyone: set[str] = everyone) -> set[str]:
-            return cancelled | everyone if stopping.is_set() else cancelled
-
-        def progress(
-            step: int,
-            total: int,
-            batch_id: int = run.batch_id,
-            previews: dict[int, bytes] = previews,
-        ) -> None:
-            if step_delay:
-                time.sleep(step_delay)  # test hook: leaves time to cancel or kill mid-run
-            outbox.send(Progress(batch_id, step, total, dict(previews)))
-            previews.clear()
-
-        try:
-            results = engine.run(
-                run.batch,
-                on_progress=progress,
-                cancelled=stopped,
-                on_preview=previews.__setitem__,
-            )
-        except Exception as error:  # a bug or a bad request must not kill the worker
-            log.exception("Batch %s failed", run.batch_id)
-            outbox.send(BatchFailed(run.batch_id, f"{type(error).__name__}: {error}"))
+            outbox.send(screen(engine, run))
         else:
-            stats = {"peak_rss_mb": _peak_rss_mb(), "gpu_peak_mb": _gpu_peak_mb()}
-            outbox.send(BatchDone(run.batch_id, results, stats))
-        for request in run.batch:
-            cancelled.discard(request.job_id)
+            outbox.send(execute(engine, run, outbox.send, cancelled, stopping))
+
+
+def deliver_progress(message: Progress, job_ids: list[str], on_progress: JobProgress) -> None:
+    """Hand a batch's `Progress` to the caller, per job (with its preview when there is one)."""
+    for index, job_id in enumerate(job_ids):
+        try:
+            if index in message.previews:
+                on_progress(job_id, message.step, message.total, preview=message.previews[index])
+            else:  # callers that take no previews need not accept the keyword
+                on_progress(job_id, message.step, message.total)
+        except Exception:
+            log.exception("Progress callback failed")
+
+
+@dataclass(frozen=True)
+class BatchSpan:
+    """When a worker ran a batch, by its own wall clock."""
+
+    job_ids: tuple[str, ...]
+    started_at: float
+    finished_at: float
 
 
 @dataclass
@@ -286,6 +345,8 @@ class Worker:
         self._run_lock = asyncio.Lock()
         self._cancelled: set[str] = set()
         self._stopping = False
+        # The last batches as the child timed them (wall clock): who ran what, when.
+        self.timeline: collections.deque[BatchSpan] = collections.deque(maxlen=200)
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -374,22 +435,22 @@ class Worker:
             case LoadFailed(text):
                 if not ready.done():
                     ready.set_exception(ModelLoadError(text))
-            case Progress(batch_id, step, total, previews):
+            case Progress(batch_id):
                 pending = self._pending.get(batch_id)
-                if pending is None or pending.on_progress is None:
-                    return
-                for index, job_id in enumerate(pending.job_ids):
-                    try:
-                        if index in previews:
-                            pending.on_progress(job_id, step, total, preview=previews[index])
-                        else:  # callers that take no previews need not accept the keyword
-                            pending.on_progress(job_id, step, total)
-                    except Exception:
-                        log.exception("Progress callback failed")
+                if pending is not None and pending.on_progress is not None:
+                    deliver_progress(message, pending.job_ids, pending.on_progress)
             case BatchDone(batch_id, results, stats):
                 done = self._pending.pop(batch_id, None)
                 if done is not None and not done.future.done():
                     self.stats.update({k: v for k, v in stats.items() if v is not None})
+                    if stats.get("started_at") is not None and stats.get("finished_at"):
+                        self.timeline.append(
+                            BatchSpan(
+                                tuple(done.job_ids),
+                                float(stats["started_at"] or 0),
+                                float(stats["finished_at"] or 0),
+                            )
+                        )
                     done.future.set_result(results)
             case BatchFailed(batch_id, error):
                 failed = self._pending.pop(batch_id, None)
@@ -423,13 +484,14 @@ class Worker:
     async def run(
         self, batch: list[GenerationRequest], on_progress: JobProgress | None = None
     ) -> list[GenerationResult]:
-        """Run a batch; one result per request, in order. Never raises for a worker crash."""
+        """Run a batch; one result per request, in order. Never raises for a worker crash:
+        the process is restarted and the batch retried once, then failed."""
         async with self._run_lock:
             for attempt in (1, 2):
                 if not self.alive:
                     await self._restart()
                 try:
-                    results = await self._run_once(batch, on_progress)
+                    results = await self.run_once(batch, on_progress)
                 except WorkerCrashed:
                     log.error(
                         "Worker crashed running jobs %s (attempt %d)",
@@ -438,21 +500,31 @@ class Worker:
                     )
                     await self._restart()
                     continue
-                except RuntimeError as error:
-                    return [
-                        GenerationResult(job_id=r.job_id, error=str(error), attempts=attempt)
-                        for r in batch
-                    ]
                 for result in results:
                     result.attempts = attempt
-                    if result.job_id in self._cancelled:
-                        result.cancelled = True
-                self._cancelled.difference_update(r.job_id for r in batch)
                 return results
             self._cancelled.difference_update(r.job_id for r in batch)
             return [
                 GenerationResult(job_id=r.job_id, error=CRASHED_TWICE, attempts=2) for r in batch
             ]
+
+    async def run_once(
+        self, batch: list[GenerationRequest], on_progress: JobProgress | None = None
+    ) -> list[GenerationResult]:
+        """One attempt: the results, or `WorkerCrashed` if the process died (it is not
+        restarted; the pool decides where the batch goes next). A job cancelled before the
+        attempt is not run."""
+        try:
+            results = await self._run_once(batch, on_progress)
+        except WorkerCrashed:
+            raise
+        except RuntimeError as error:  # the child reported the batch failed
+            results = [GenerationResult(job_id=r.job_id, error=str(error)) for r in batch]
+        for result in results:
+            if result.job_id in self._cancelled:
+                result.cancelled = True
+        self._cancelled.difference_update(r.job_id for r in batch)
+        return results
 
     async def _run_once(
         self, batch: list[GenerationRequest], on_progress: JobProgress | None
@@ -461,7 +533,8 @@ class Worker:
         cancelled_now = [r for r in batch if r.job_id in self._cancelled]
         if cancelled_now and len(cancelled_now) == len(batch):
             return [GenerationResult(job_id=r.job_id, cancelled=True) for r in batch]
-        assert self._loop is not None and self._inbox is not None
+        if not self.alive or self._loop is None or self._inbox is None:
+            raise WorkerCrashed("The worker process is not running.")
         batch_id = next(self._ids)
         future: asyncio.Future[list[GenerationResult]] = self._loop.create_future()
         self._pending[batch_id] = _Pending(future, [r.job_id for r in batch], on_progress)
@@ -472,7 +545,10 @@ class Worker:
         except (BrokenPipeError, OSError):
             self._pending.pop(batch_id, None)
             raise WorkerCrashed("The worker process is gone.") from None
-        return await future
+        try:
+            return await future
+        finally:
+            self._pending.pop(batch_id, None)
 
     async def screen(self, pngs: list[bytes]) -> list[bool]:
         """The safety checker's verdict on each image (PNG bytes), from the worker that owns
@@ -495,12 +571,20 @@ class Worker:
                     await self._restart()
             raise WorkerCrashed("The image worker crashed twice while checking the image.")
 
+    def forget_cancels(self, job_ids: list[str]) -> None:
+        """Drop remembered cancels of jobs that will not come back here (retried elsewhere)."""
+        self._cancelled.difference_update(job_ids)
+
     def cancel(self, job_id: str) -> None:
         """Stop a running job between steps; its result comes back with `cancelled=True`."""
         self._cancelled.add(job_id)
         if self._inbox is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._inbox.send(CancelJob(job_id))
+
+    async def restart(self) -> None:
+        """Kill the process (if it lives) and start a new one; waits until it is loaded."""
+        await self._restart()
 
     async def _restart(self) -> None:
         if self._stopping:

@@ -11,6 +11,7 @@ from bot.text import literal
 from bot.ui import render, suggest
 from bot.ui.client import EaselBot
 from bot.ui.errors import reply
+from inference.backend import UP
 
 
 class Queue(commands.Cog):
@@ -27,6 +28,9 @@ class Queue(commands.Cog):
             f"**Queue:** {running} running, {total} waiting"
             + (" — ⏸️ paused by the moderators" if scheduler.paused else "")
         ]
+        workers = scheduler.workers_info()
+        if len(workers) > 1 or any(w.state not in UP for w in workers):
+            lines.append(f"**Workers:** {render.workers_line(workers)}")
         if not mine:
             lines.append("You have no jobs in the queue. Start one with /imagine.")
         shown = 15  # keeps the answer inside Discord's 2000 characters

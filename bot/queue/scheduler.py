@@ -1,9 +1,11 @@
-"""The durable fair queue and the dispatcher that feeds the inference worker.
+"""The durable fair queue and the dispatcher that feeds the inference workers.
 
 `Scheduler` wraps `FairQueue` with the database (every state change is written before it is
-acted on) and the worker. It does not decide who may queue: `bot/services/admission.py` does,
-then calls `submit`. Nothing here imports discord or torch; the worker is anything with `run()`
-and `cancel()`.
+acted on) and the workers. It does not decide who may queue: `bot/services/admission.py` does,
+then calls `submit`. Nothing here imports discord or torch. The workers are a
+`inference.backend.WorkerBackend` (a pool of processes, or Ray actors): each free worker gets
+the next fair batch, so several batches run at once; a lone worker with `run()` and `cancel()`
+is a pool of one.
 
     scheduler = Scheduler(repos, worker, max_batch=4)
     scheduler.add_listener(listener)   # a SchedulerListener
@@ -23,33 +25,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 from bot.db import DiskFullError, Repositories, StoreError
 from bot.domain import Generation, JobOrigin, Status
+from inference.backend import UP, Slot, WorkerBackend, WorkerStatus
 from inference.request import GenerationRequest, GenerationResult
-from inference.worker import JobProgress
+from inference.worker import CRASHED_TWICE, WorkerCrashed
 
 from .fair import FairQueue, QueueEntry
+from .workers import OneWorker, WorkerInfo, WorkerLike
 
 log = logging.getLogger(__name__)
 
 # A job interrupted this many times (the bot died while it ran) is failed instead of retried.
 MAX_RUNS = 3
-
-
-@runtime_checkable
-class WorkerLike(Protocol):
-    """What the scheduler needs of `inference.worker.Worker`."""
-
-    async def run(
-        self, batch: list[GenerationRequest], on_progress: JobProgress | None = None
-    ) -> list[GenerationResult]: ...
-
-    def cancel(self, job_id: str) -> None: ...
 
 
 class SchedulerListener(Protocol):
@@ -85,6 +79,9 @@ class SchedulerListener(Protocol):
     async def on_disk_ok(self) -> None:
         """There is space again: held results are saved (their `on_finished` follows)."""
 
+    async def on_worker(self, worker: WorkerInfo, workers: list[WorkerInfo]) -> None:
+        """A worker changed state (loading, idle, running, down); `workers` is every one."""
+
 
 class QuietListener:
     """A listener that ignores every event; subclass it and override what you need."""
@@ -108,6 +105,9 @@ class QuietListener:
         return None
 
     async def on_disk_ok(self) -> None:
+        return None
+
+    async def on_worker(self, worker: WorkerInfo, workers: list[WorkerInfo]) -> None:
         return None
 
 
@@ -134,6 +134,11 @@ class _Finished:
 
 
 @dataclass(frozen=True)
+class _WorkerChanged:
+    status: WorkerStatus
+
+
+@dataclass(frozen=True)
 class _DiskFull:
     held: tuple[int, ...]
 
@@ -143,7 +148,7 @@ class _DiskOk:
     pass
 
 
-_Event = _Queued | _Started | _Progressed | _Finished | _DiskFull | _DiskOk
+_Event = _Queued | _Started | _Progressed | _Finished | _WorkerChanged | _DiskFull | _DiskOk
 
 
 @dataclass(frozen=True)
@@ -160,11 +165,18 @@ class JobInfo:
 
 @dataclass
 class _Running:
-    entries: list[QueueEntry]
+    """One batch from the moment it leaves the queue until its results are recorded."""
+
+    entries: list[QueueEntry]  # the jobs still to run (cancelled or skipped ones leave)
     started: float
     cost: int
+    worker: str  # the worker that runs it (or ran it, before a retry)
+    slot: Slot | None  # held while the worker works on it; None between attempts
+    taken: list[QueueEntry] = field(default_factory=list)  # everything popped for it
     progress: float = 0.0  # fraction of the batch's steps done
     cancelled: set[int] = field(default_factory=set)
+    recorded: set[int] = field(default_factory=set)  # results written to the database
+    cancel_arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ids(self) -> list[int]:
         return [entry.gen_id for entry in self.entries]
@@ -176,7 +188,7 @@ class Scheduler:
     def __init__(
         self,
         repos: Repositories,
-        worker: WorkerLike,
+        worker: WorkerBackend | WorkerLike,
         *,
         max_batch: int = 4,
         quantum: int = 1,
@@ -192,26 +204,31 @@ class Scheduler:
         `disk_retry[0]` seconds, doubling up to `disk_retry[1]`."""
         self.repos = repos
         self.generations = repos.generations
-        self.worker = worker
+        self.workers: WorkerBackend = (
+            worker if isinstance(worker, WorkerBackend) else OneWorker(worker)
+        )
+        self.workers.subscribe(lambda status: self._emit(_WorkerChanged(status)))
         self.max_batch = max(1, int(max_batch))
         self.lookahead = lookahead
         self.max_runs = max(1, int(max_runs))
         self.queue = FairQueue(quantum)
+        # One worker's speed (the moving average of every batch), and each worker's own.
         self.cost_per_second = float(initial_cost_per_second)
+        self._rates: dict[str, float] = {}
         self.eta_smoothing = float(eta_smoothing)
         self._paused = False
         self._listeners: list[SchedulerListener] = []
-        self._running: _Running | None = None
+        self._running: dict[int, _Running] = {}  # by batch number
+        self._batch_numbers = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._events: asyncio.Queue[_Event] = asyncio.Queue()
         self._progress: dict[int, tuple[int, int]] = {}
         self._previews: dict[int, bytes] = {}  # the latest preview image of a running job
         self._dispatcher: asyncio.Task[None] | None = None
         self._notifier: asyncio.Task[None] | None = None
-        self._busy = False
         self._not_busy = asyncio.Event()
         self._not_busy.set()
-        self._recorded: set[int] = set()
         self.batches_run = 0
         self.disk_retry = disk_retry
         self._disk_full = False
@@ -254,8 +271,8 @@ class Scheduler:
             finally:
                 self._events.task_done()
 
-    @staticmethod
     async def _deliver(
+        self,
         listener: SchedulerListener,
         event: _Event,
         progress: tuple[int, int, bytes | None] | None,
@@ -272,6 +289,8 @@ class Scheduler:
                 await listener.on_progress(gen_id, step, total)
             case _Finished(gen, result):
                 await listener.on_finished(gen, result)
+            case _WorkerChanged(status):
+                await listener.on_worker(WorkerInfo(status, ()), self.workers_info())
             case _DiskFull(held):
                 await listener.on_disk_full(list(held))
             case _DiskOk():
@@ -294,7 +313,7 @@ class Scheduler:
 
     @property
     def running_ids(self) -> set[int]:
-        return set() if self._running is None else {e.gen_id for e in self._running.entries}
+        return {e.gen_id for running in self._running.values() for e in running.entries}
 
     @property
     def disk_full(self) -> bool:
@@ -310,12 +329,41 @@ class Scheduler:
         """A write outside the queue (a new request) failed for lack of space: say so once,
         and let the dispatcher find out when there is space again."""
         self._note_disk_full(error)
-        self._wake.set()
 
     @property
     def busy(self) -> bool:
         """A batch is being taken, run or recorded."""
-        return self._busy
+        return bool(self._tasks)
+
+    def _batch_of(self, gen_id: int) -> _Running | None:
+        for running in self._running.values():
+            if any(entry.gen_id == gen_id for entry in running.entries):
+                return running
+        return None
+
+    def worker_of(self, gen_id: int) -> WorkerStatus | None:
+        """The worker that runs a job now (None while it waits for one)."""
+        running = self._batch_of(gen_id)
+        if running is None or running.slot is None:
+            return None
+        return next((s for s in self.workers.statuses() if s.name == running.worker), None)
+
+    def workers_info(self) -> list[WorkerInfo]:
+        """Every worker, its state and the jobs it runs now."""
+        jobs: dict[str, list[int]] = {}
+        for running in self._running.values():
+            if running.slot is not None:
+                jobs.setdefault(running.worker, []).extend(running.ids())
+        return [WorkerInfo(s, tuple(sorted(jobs.get(s.name, ())))) for s in self.workers.statuses()]
+
+    @property
+    def pool_cost_per_second(self) -> float:
+        """The pool's combined measured speed: the sum over the workers that are up."""
+        up = [s.name for s in self.workers.statuses() if s.state in UP]
+        return sum(self._rate_of(name) for name in up) if up else self.cost_per_second
+
+    def _rate_of(self, worker: str) -> float:
+        return self._rates.get(worker, self.cost_per_second)
 
     @property
     def started(self) -> bool:
@@ -328,52 +376,50 @@ class Scheduler:
         position = self.queue.position(gen_id)
         return None if position is None else position + 1
 
-    def _running_remaining_cost(self) -> float:
-        running = self._running
-        if running is None:
-            return 0.0
+    def _remaining_cost(self, running: _Running) -> float:
         by_progress = running.cost * (1.0 - running.progress)
         elapsed = time.monotonic() - running.started
-        by_clock = max(0.0, running.cost - elapsed * self.cost_per_second)
+        by_clock = max(0.0, running.cost - elapsed * self._rate_of(running.worker))
         return min(by_progress, by_clock) if running.progress > 0 else by_clock
+
+    def _running_remaining_cost(self) -> float:
+        return sum(self._remaining_cost(running) for running in self._running.values())
+
+    def _queued_eta(self, cost_until_done: float, own_cost: float) -> float:
+        """The pool works through the cost ahead at its combined speed; a job never takes
+        less than it would alone on the fastest worker that is up."""
+        up = [self._rate_of(s.name) for s in self.workers.statuses() if s.state in UP]
+        fastest = max(up, default=self.cost_per_second)
+        return max(cost_until_done / self.pool_cost_per_second, own_cost / fastest)
 
     def eta_seconds(self, gen_id: int) -> float | None:
         """Seconds until the job is expected to be finished (from the measured cost per
         second); None if it is neither waiting nor running."""
-        remaining = self._running_remaining_cost()
-        if gen_id in self.running_ids:
-            return remaining / self.cost_per_second
+        running = self._batch_of(gen_id)
+        if running is not None:
+            return self._remaining_cost(running) / self._rate_of(running.worker)
         ahead = self.queue.cost_ahead(gen_id)
         entry = self.queue.get(gen_id)
         if ahead is None or entry is None:
             return None
-        return (remaining + ahead + entry.cost) / self.cost_per_second
+        remaining = self._running_remaining_cost()
+        return self._queued_eta(remaining + ahead + entry.cost, entry.cost)
 
     def jobs(self) -> list[JobInfo]:
         """Every running and waiting job, in the order they will finish."""
         infos: list[JobInfo] = []
-        remaining = self._running_remaining_cost()
-        rate = self.cost_per_second
-        if self._running is not None:
-            for entry in self._running.entries:
+        for running in self._running.values():
+            eta = self._remaining_cost(running) / self._rate_of(running.worker)
+            for entry in running.entries:
                 infos.append(
-                    JobInfo(
-                        entry.gen_id,
-                        entry.user_id,
-                        Status.RUNNING,
-                        0,
-                        remaining / rate,
-                        entry.request,
-                    )
+                    JobInfo(entry.gen_id, entry.user_id, Status.RUNNING, 0, eta, entry.request)
                 )
-        done_cost = remaining
+        infos.sort(key=lambda info: info.eta_seconds)
+        done_cost = self._running_remaining_cost()
         for i, entry in enumerate(self.queue.order(), start=1):
             done_cost += entry.cost
-            infos.append(
-                JobInfo(
-                    entry.gen_id, entry.user_id, Status.QUEUED, i, done_cost / rate, entry.request
-                )
-            )
+            eta = self._queued_eta(done_cost, entry.cost)
+            infos.append(JobInfo(entry.gen_id, entry.user_id, Status.QUEUED, i, eta, entry.request))
         return infos
 
     def user_jobs(self, user_id: int) -> list[JobInfo]:
@@ -414,14 +460,16 @@ class Scheduler:
             if gen is not None:
                 self._emit(_Finished(gen, GenerationResult(job_id=str(gen_id), cancelled=True)))
             return True
-        running = self._running
+        running = self._batch_of(gen_id)
         if running is not None:
             for entry in running.entries:
                 if entry.gen_id == gen_id:
                     if user_id is not None and entry.user_id != user_id:
                         return False
                     running.cancelled.add(gen_id)
-                    self.worker.cancel(str(gen_id))
+                    running.cancel_arrived.set()
+                    if running.slot is not None:  # the worker that runs it, wherever it is
+                        running.slot.cancel(str(gen_id))
                     return True
         return False
 
@@ -433,8 +481,9 @@ class Scheduler:
         With `guild_id`, only jobs made in that server.
         """
         targets = [e.gen_id for e in self.queue.entries_of(user_id)]
-        if include_running and self._running is not None:
-            targets += [e.gen_id for e in self._running.entries if e.user_id == user_id]
+        if include_running:
+            running = [e for r in self._running.values() for e in r.entries]
+            targets += [e.gen_id for e in running if e.user_id == user_id]
         if guild_id is not None:
             gens = {g.id: g for g in await self.generations.get_many(targets)}
             targets = [t for t in targets if t in gens and gens[t].guild_id == guild_id]
@@ -507,7 +556,7 @@ class Scheduler:
         self._wake.set()
 
     async def stop(self, *, grace: float = 0.0) -> None:
-        """Stop the dispatcher, waiting up to `grace` seconds for a running batch to finish.
+        """Stop the dispatcher, waiting up to `grace` seconds for running batches to finish.
 
         Whatever is still running stays `running` in the database and is queued again by the
         next `recover()`; nothing is lost. Pending listener events are delivered within `grace`.
@@ -522,12 +571,18 @@ class Scheduler:
                 self.held_ids,
             )
         if dispatcher is not None:
-            if grace > 0 and self._busy:
+            if grace > 0 and self.busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._not_busy.wait()), grace)
             dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if notifier is not None:
             if grace > 0:
                 with contextlib.suppress(TimeoutError):
@@ -535,8 +590,9 @@ class Scheduler:
             notifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await notifier
-        self._running = None
-        self._busy = False
+        self._running.clear()
+        self._tasks.clear()
+        self._not_busy.set()
 
     async def idle(self) -> None:
         """Wait until nothing runs, nothing can start (queue empty or paused) and every event
@@ -544,13 +600,15 @@ class Scheduler:
         while True:
             await self._events.join()
             settled = not self._held and not self._disk_full
-            if not self._busy and settled and (self.waiting_count == 0 or self._paused):
+            if not self.busy and settled and (self.waiting_count == 0 or self._paused):
                 await asyncio.sleep(0)
-                if not self._busy and self._events.empty():
+                if not self.busy and self._events.empty():
                     return
             await asyncio.sleep(0.005)
 
     async def _dispatch_loop(self) -> None:
+        """Each free worker gets the next fair batch; the batches run side by side. While the
+        disk is full no batch starts: the held results are saved first, with backoff."""
         wait = self.disk_retry[0]
         while True:
             while not self._disk_full and (self._paused or not self.queue):
@@ -559,21 +617,30 @@ class Scheduler:
             try:
                 if self._disk_full:
                     await self._recover_from_full_disk()
-                else:
-                    await self._run_next_batch()
-                wait = self.disk_retry[0]
+                    wait = self.disk_retry[0]
+                    continue
+                await self._requeue_leftovers()
             except asyncio.CancelledError:
                 raise
             except DiskFullError as error:
-                # No space: nothing new starts; the held results are saved when there is.
                 self._note_disk_full(error)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, self.disk_retry[1])
+                continue
             except Exception:
-                # The database failed (disk full, …): keep the bot alive, try again shortly.
                 log.exception("Dispatcher error; retrying in 1 s")
-                self._running = None
-                self._busy = False
+                await asyncio.sleep(1.0)
+                continue
+            slot = await self.workers.acquire()
+            # Changed while we waited for a worker?
+            if self._disk_full or self._paused or not self.queue:
+                self.workers.release(slot)
+                continue
+            try:
+                self._start_batch(slot)
+            except Exception:  # a bug must not stop the dispatcher for good
+                log.exception("Dispatcher error; retrying in 1 s")
+                self.workers.release(slot)
                 await asyncio.sleep(1.0)
 
     def _note_disk_full(self, error: DiskFullError) -> None:
@@ -590,6 +657,7 @@ class Scheduler:
         self._disk_full = True
         self._announced = set(held)
         self._emit(_DiskFull(tuple(held)))
+        self._wake.set()  # the dispatcher goes on to saving what is held
 
     async def _requeue_leftovers(self) -> None:
         """Set back to `queued` the rows a failed batch could not (or mark_running skips them)."""
@@ -620,46 +688,67 @@ class Scheduler:
         log.info("There is space on the disk again; saving and posting go on")
         self._emit(_DiskOk())
 
-    async def _run_next_batch(self) -> None:
-        self._busy = True
+    def _start_batch(self, slot: Slot) -> None:
+        """Pop the next fair batch for this worker and run it in its own task."""
+        batch = self.queue.pop_batch(self.max_batch, lookahead=self.lookahead)
+        if not batch:
+            self.workers.release(slot)
+            return
+        # Visible as running at once, so a cancel arriving now reaches it.
+        running = _Running(
+            list(batch), time.monotonic(), sum(e.cost for e in batch), slot.name, slot, list(batch)
+        )
+        number = next(self._batch_numbers)
+        self._running[number] = running
+        task = asyncio.create_task(self._batch_task(number, running), name=f"easel-batch-{number}")
+        self._tasks.add(task)
         self._not_busy.clear()
-        try:
-            await self._requeue_leftovers()
-            batch = self.queue.pop_batch(self.max_batch, lookahead=self.lookahead)
-            if not batch:
-                return
-            try:
-                await self._run_batch(batch)
-            except asyncio.CancelledError:
-                raise  # a stop or a crash: the database keeps them `running` for recovery
-            except Exception:
-                # The database failed mid-way: what was not recorded goes back in the queue.
-                unfinished = [e for e in batch if e.gen_id not in self._recorded]
-                self.queue.restore(unfinished)
-                try:
-                    await self.generations.requeue([e.gen_id for e in unfinished])
-                except Exception:
-                    # e.g. the disk is full: done before the next batch, or they would be
-                    # skipped as "not queued any more".
-                    self._unrequeued.update(e.gen_id for e in unfinished)
-                raise
-            self.batches_run += 1
-        finally:
-            self._running = None
-            self._busy = False
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
             self._not_busy.set()
 
-    async def _run_batch(self, batch: list[QueueEntry]) -> None:
+    async def _batch_task(self, number: int, running: _Running) -> None:
+        try:
+            await self._run_batch(running)
+            self.batches_run += 1
+        except asyncio.CancelledError:
+            raise  # a stop or a crash: the database keeps them `running` for recovery
+        except Exception as error:
+            # The database failed (disk full, …): what was not recorded goes back in the
+            # queue; this worker waits a moment before it takes the next batch.
+            if isinstance(error, DiskFullError):
+                self._note_disk_full(error)
+            else:
+                log.exception("Dispatcher error; retrying in 1 s")
+            unfinished = [e for e in running.taken if e.gen_id not in running.recorded]
+            self.queue.restore(unfinished)
+            self._running.pop(number, None)
+            try:
+                await self.generations.requeue([e.gen_id for e in unfinished])
+            except Exception:
+                # e.g. the disk is full: done before the next batch, or they would be
+                # skipped as "not queued any more".
+                self._unrequeued.update(e.gen_id for e in unfinished)
+            self._wake.set()
+            await asyncio.sleep(1.0)
+        finally:
+            self._running.pop(number, None)
+            if running.slot is not None:
+                self.workers.release(running.slot)
+                running.slot = None
+
+    async def _run_batch(self, running: _Running) -> None:
         """Mark running, run on the worker, record each result (in that order)."""
-        self._recorded = set()
-        # Visible as running at once, so a cancel arriving now reaches it.
-        running = self._running = _Running(batch, time.monotonic(), sum(e.cost for e in batch))
+        batch = running.taken
         # Durable first: `running` before the worker sees anything.
         started = {gen.id: gen for gen in await self.generations.mark_running(running.ids())}
         for entry in batch:
             if entry.gen_id not in started:
                 log.warning("#%d was not queued in the database any more; skipped", entry.gen_id)
-                self._recorded.add(entry.gen_id)
+                running.recorded.add(entry.gen_id)
         for gen in started.values():
             self._emit(_Started(gen))
         requests: list[GenerationRequest] = []
@@ -672,22 +761,22 @@ class Scheduler:
                 if request.mode != "txt2img" and request.init_image is None:
                     request = await self.repos.images.load_request(started[entry.gen_id])
             except StoreError as error:
-                await self._finish(entry, GenerationResult(str(entry.gen_id), error=str(error)))
+                await self._finish(
+                    running, entry, GenerationResult(str(entry.gen_id), error=str(error))
+                )
                 continue
             requests.append(dataclasses.replace(request, job_id=str(entry.gen_id)))
             runnable.append(entry)
         # Cancelled before the worker got them: never run.
         for entry in [e for e in runnable if e.gen_id in running.cancelled]:
-            await self._finish(entry, GenerationResult(str(entry.gen_id), cancelled=True))
+            await self._finish(running, entry, GenerationResult(str(entry.gen_id), cancelled=True))
         requests = [r for r in requests if int(r.job_id) not in running.cancelled]
         runnable = [e for e in runnable if e.gen_id not in running.cancelled]
         running.entries = runnable
         running.cost = sum(e.cost for e in runnable)
         if not runnable:
             return
-        running.started = time.monotonic()
-        results = await self._call_worker(requests)
-        elapsed = time.monotonic() - running.started
+        results, elapsed = await self._call_workers(running, requests)
         by_id = {result.job_id: result for result in results}
         ok_cost, clean = 0, True
         for entry in runnable:
@@ -700,20 +789,91 @@ class Scheduler:
                 ok_cost += entry.cost
             else:
                 clean = False
-            await self._finish(entry, result)
-        if clean:
-            self._measure(ok_cost, elapsed)
+            await self._finish(running, entry, result)
+        if clean and elapsed is not None:
+            self._measure(running.worker, ok_cost, elapsed)
 
-    async def _call_worker(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def _call_workers(
+        self, running: _Running, requests: list[GenerationRequest]
+    ) -> tuple[list[GenerationResult], float | None]:
+        """Run the batch on its worker; if that worker dies, once more on the first free one
+        (ahead of new batches). Returns the results and the seconds of the attempt that
+        answered (None if none did). The worker stays reserved until the results are
+        recorded, so it takes its next batch only after that."""
+        answered: list[GenerationResult] = []
+        retry: asyncio.Future[Slot] | None = None
+        for attempt in (1, 2):
+            slot = running.slot
+            if slot is None and retry is not None:  # a retry: the first free worker
+                slot = running.slot = await self._retry_slot(running, requests, retry)
+                # Cancelled while it waited: not run again.
+                gone = [r for r in requests if int(r.job_id) in running.cancelled]
+                answered += [GenerationResult(r.job_id, cancelled=True) for r in gone]
+                requests = [r for r in requests if r not in gone]
+                if slot is None or not requests:
+                    return answered, None
+                running.worker = slot.name
+            assert slot is not None
+            running.started = time.monotonic()
+            running.progress = 0.0
+            try:
+                results = await slot.run(requests, on_progress=self._on_progress)
+            except WorkerCrashed:
+                running.slot = None
+                if attempt == 1:  # in line first, so even its own restart cannot go elsewhere
+                    retry = self.workers.reserve(retry=True)
+                self.workers.release(slot, crashed=True)
+                # A warning: the batch is tried again; failing it twice is the error.
+                (log.warning if attempt == 1 else log.error)(
+                    "Worker %s crashed running jobs %s (attempt %d)",
+                    slot.name,
+                    [r.job_id for r in requests],
+                    attempt,
+                )
+                # Cancelled while the worker died: not run again.
+                gone = [r for r in requests if int(r.job_id) in running.cancelled]
+                answered += [GenerationResult(r.job_id, cancelled=True) for r in gone]
+                requests = [r for r in requests if r not in gone]
+                if not requests:
+                    if retry is not None:
+                        self.workers.give_up(retry)
+                    return answered, None
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.exception("The worker failed on jobs %s", [r.job_id for r in requests])
+                message = f"The image worker failed unexpectedly ({type(error).__name__}: {error})."
+                results = [GenerationResult(job_id=r.job_id, error=message) for r in requests]
+            elapsed = time.monotonic() - running.started
+            for result in results:
+                result.attempts = max(result.attempts, attempt)
+            return answered + results, elapsed
+        failed = [GenerationResult(r.job_id, error=CRASHED_TWICE, attempts=2) for r in requests]
+        return answered + failed, None
+
+    async def _retry_slot(
+        self, running: _Running, requests: list[GenerationRequest], acquire: asyncio.Future[Slot]
+    ) -> Slot | None:
+        """The worker reserved for a retry once it is free, or None once every job of it is
+        cancelled (a member need not wait for a worker to come back to see the cancel done)."""
+        waiters: list[asyncio.Task[Literal[True]]] = []
         try:
-            results = await self.worker.run(requests, on_progress=self._on_progress)
+            while not all(int(r.job_id) in running.cancelled for r in requests):
+                running.cancel_arrived.clear()
+                waiters.append(asyncio.ensure_future(running.cancel_arrived.wait()))
+                either: set[asyncio.Future[Any]] = {acquire, waiters[-1]}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if acquire.done():
+                    return acquire.result()
         except asyncio.CancelledError:
+            self.workers.give_up(acquire)
             raise
-        except Exception as error:
-            log.exception("The worker failed on jobs %s", [r.job_id for r in requests])
-            message = f"The image worker failed unexpectedly ({type(error).__name__}: {error})."
-            return [GenerationResult(job_id=r.job_id, error=message) for r in requests]
-        return results
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self.workers.give_up(acquire)  # a worker that came just as the last job was cancelled
+        return None
 
     def _on_progress(
         self, job_id: str, step: int, total: int, preview: bytes | None = None
@@ -724,7 +884,7 @@ class Scheduler:
             return
         if preview is not None:
             self._previews[gen_id] = preview
-        running = self._running
+        running = self._batch_of(gen_id)
         if running is not None and total:
             running.progress = max(running.progress, min(1.0, step / total))
         first = gen_id not in self._progress
@@ -732,26 +892,29 @@ class Scheduler:
         if first:
             self._emit(_Progressed(gen_id))
 
-    async def _finish(self, entry: QueueEntry, result: GenerationResult) -> None:
+    async def _finish(self, running: _Running, entry: QueueEntry, result: GenerationResult) -> None:
         """Record the outcome, then tell the listeners (never the other way round)."""
         try:
             gen = await self.generations.save_result(entry.gen_id, result)
         except DiskFullError as error:
             # Kept, not run again: saved (then delivered) as soon as there is space.
-            self._recorded.add(entry.gen_id)
+            running.recorded.add(entry.gen_id)
             self._held.append((entry, result))
             self._note_disk_full(error)
             return
         except StoreError as error:
             log.error("Could not record the result of #%d: %s", entry.gen_id, error)
             return
-        self._recorded.add(entry.gen_id)
+        running.recorded.add(entry.gen_id)
         if gen is not None:
             self._emit(_Finished(gen, result))
 
-    def _measure(self, cost: int, seconds: float) -> None:
-        """Fold one batch's measured cost per second into the moving average."""
+    def _measure(self, worker: str, cost: int, seconds: float) -> None:
+        """Fold one batch's measured cost per second into the moving averages: the worker's
+        own and one worker's typical speed (the guess for workers not measured yet)."""
         if cost <= 0 or seconds <= 0:
             return
         alpha = self.eta_smoothing
-        self.cost_per_second = (1 - alpha) * self.cost_per_second + alpha * cost / seconds
+        rate = cost / seconds
+        self._rates[worker] = (1 - alpha) * self._rate_of(worker) + alpha * rate
+        self.cost_per_second = (1 - alpha) * self.cost_per_second + alpha * rate

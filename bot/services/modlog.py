@@ -14,9 +14,15 @@ class ModLog(Protocol):
     async def write(self, guild_id: int | None, text: str, actor: Actor | None = None) -> None:
         """One line (who did it, where, then `text`) in the server's log channel, if any."""
 
+    async def broadcast(self, text: str) -> None:
+        """One line in every log channel (each once): news of the bot itself, e.g. a worker."""
+
 
 class NoModLog:
     """A log that writes nowhere."""
 
     async def write(self, guild_id: int | None, text: str, actor: Actor | None = None) -> None:
+        return None
+
+    async def broadcast(self, text: str) -> None:
         return None

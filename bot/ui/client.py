@@ -12,10 +12,10 @@ import discord
 from discord.ext import commands
 
 from bot.db import Repositories
-from bot.queue import Scheduler
+from bot.queue import Scheduler, WorkerLike
 from bot.services import Services
 from bot.settings import Settings
-from inference.worker import Worker
+from inference.backend import WorkerBackend
 
 from .actions import Actions
 from .buttons import PERSISTENT_ITEMS
@@ -42,7 +42,7 @@ class EaselBot(commands.Bot):
         scheduler: Scheduler,
         services: Services,
         log_channel: LogChannel,
-        worker: Worker | None = None,
+        worker: WorkerBackend | WorkerLike | None = None,
         http_session: aiohttp.ClientSession | None = None,
     ):
         # Easel never joins voice: skip discord.py's warnings about voice libraries.
@@ -84,9 +84,15 @@ class EaselBot(commands.Bot):
             self._owns_http_session = True
         # discord.py calls this after the token was accepted: a bad token is reported at once,
         # not after minutes of loading the model, which happens now (before the queue runs).
-        if self.worker is not None and not self.worker.alive:
-            log.info("Loading %s on %s …", self.settings.model.id, self.settings.model.device)
-            await self.worker.start()
+        workers = self.scheduler.workers
+        if not workers.started:
+            where = (
+                f"the Ray cluster at {self.settings.workers.ray_address}"
+                if self.settings.workers.backend == "ray"
+                else ", ".join(self.settings.worker_devices)
+            )
+            log.info("Loading %s on %s …", self.settings.model.id, where)
+            await workers.start()  # returns once the first worker is ready; the others load on
         for name in EXTENSIONS:
             if importlib.util.find_spec(name) is not None:
                 await self.load_extension(name)

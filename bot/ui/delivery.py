@@ -30,12 +30,13 @@ import discord
 
 from bot.db import DiskFullError, Repositories
 from bot.domain import Generation, JobOrigin, Status, StatusLine, plural
-from bot.queue import QuietListener, Scheduler
+from bot.queue import QuietListener, Scheduler, WorkerInfo
 from bot.services import Services
 from bot.services.modlog import ModLog
 from bot.services.visibility import sort_images
 from bot.settings import Settings
 from bot.text import clip, literal, user
+from inference.backend import UP, WorkerState
 from inference.request import GenerationRequest, GenerationResult
 
 from . import render
@@ -120,6 +121,7 @@ class Delivery(QuietListener):
         self.scheduler = scheduler
         self.modlog = modlog
         self._status: dict[int, _Status] = {}
+        self._worker_states: dict[str, WorkerState] = {}
         self.retry_delays = RETRY_DELAYS
         # A job that finished before this run may already be in its channel.
         self._since = repos.db.now()
@@ -213,7 +215,7 @@ class Delivery(QuietListener):
         if position is None:
             state = "starting…"
         elif position == 0:
-            state = "running"
+            state = "running" + self._where(gen_id)
         else:
             state = (
                 f"queued, position {position} of {scheduler.waiting_count}, "
@@ -221,13 +223,21 @@ class Delivery(QuietListener):
             )
         return render.status_text(request, gen_id, state)
 
+    def _where(self, gen_id: int) -> str:
+        """` on cuda:1` when more than one worker serves the queue."""
+        worker = self.scheduler.worker_of(gen_id)
+        if worker is None or len(self.scheduler.workers.statuses()) < 2:
+            return ""
+        return f" on {worker.label}"
+
     # --- scheduler listener ---------------------------------------------------------------
 
     async def on_started(self, gen: Generation) -> None:
         status = self._status.get(gen.id)
         if status is not None:
+            state = f"starting{self._where(gen.id)}…"
             await self._edit_status(
-                gen.id, render.status_text(status.request, gen.id, "starting…"), keep_view=True
+                gen.id, render.status_text(status.request, gen.id, state), keep_view=True
             )
 
     async def on_preview(self, gen_id: int, png: bytes) -> None:
@@ -244,7 +254,8 @@ class Delivery(QuietListener):
             return
         status.last_edit = now
         bar = "█" * round(10 * step / max(total, 1))
-        text = render.status_text(status.request, gen_id, f"step {step} of {total} `{bar:<10}`")
+        state = f"step {step} of {total} `{bar:<10}`{self._where(gen_id)}"
+        text = render.status_text(status.request, gen_id, state)
         await self._edit_status(gen_id, text, keep_view=True)
 
     async def on_finished(self, gen: Generation, result: GenerationResult) -> None:
@@ -392,6 +403,25 @@ class Delivery(QuietListener):
             self._told_disk_full = False
             for guild in self.client.guilds:
                 await self.modlog.write(guild.id, DISK_OK_LINE)
+
+    async def on_worker(self, worker: WorkerInfo, workers: list[WorkerInfo]) -> None:
+        """A worker went down, is restarting, or is (back) up: one line in the log channels."""
+        before = self._worker_states.get(worker.name)
+        self._worker_states[worker.name] = worker.state
+        name = f"`{worker.status.label}`"
+        if worker.state == WorkerState.DOWN:
+            text = f"⚠️ Image worker {name} is down: {clip(worker.status.detail, 300)}"
+        elif worker.state == WorkerState.LOADING and before in UP:
+            why = f" ({worker.status.detail})" if worker.status.detail else ""
+            text = f"🔄 Image worker {name} stopped{why}; restarting it"
+        elif worker.state == WorkerState.LOADING and before is None:
+            text = f"➕ Image worker {name} joined; loading the model"
+        elif worker.state == WorkerState.IDLE and before in (WorkerState.LOADING, WorkerState.DOWN):
+            text = f"✅ Image worker {name} is ready"
+        else:
+            return  # idle ↔ running: /queue shows that
+        if self.client.is_ready():  # before that, start-up is in the console log
+            await self.modlog.broadcast(f"{text}. Workers: {render.workers_line(workers)}")
 
     async def _remove_status_line(self, gen_id: int, status: _Status | None) -> None:
         """Delete a job's status line: through its interaction while that lives, else (after

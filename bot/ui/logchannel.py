@@ -18,6 +18,8 @@ from .errors import NO_PINGS
 
 log = logging.getLogger(__name__)
 
+EVERY_SERVER = -1  # a queued line for every log channel, not one server's
+
 
 class LogChannel:
     """`bot.services.modlog.ModLog` over Discord. Made before the client (the services need
@@ -47,6 +49,20 @@ class LogChannel:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_lines(), name="easel-log")
 
+    async def broadcast(self, text: str) -> None:
+        """Queue one line for every server's log channel (a shared channel gets it once)."""
+        if self._client is None:
+            return
+        self._lines.put_nowait((EVERY_SERVER, text[:1900]))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_lines(), name="easel-log")
+
+    async def _channels_of(self, guild_id: int | None) -> set[int]:
+        if guild_id != EVERY_SERVER:
+            return {await self._channel_of(guild_id)} - {0}
+        guilds = self._client.guilds if self._client is not None else []
+        return {await self._channel_of(guild.id) for guild in guilds} - {0}
+
     async def _channel_of(self, guild_id: int | None) -> int:
         """The server's own log channel, else the configured one (0: none)."""
         if guild_id is not None:
@@ -60,13 +76,14 @@ class LogChannel:
             guild_id, line = await self._lines.get()
             channel_id = 0
             try:
-                channel_id = await self._channel_of(guild_id)
-                if not channel_id or self._client is None:
-                    continue
-                channel = self._client.get_partial_messageable(channel_id)
-                await channel.send(line, allowed_mentions=NO_PINGS)
-            except discord.HTTPException as error:
-                log.warning("Could not write to the log channel %s: %s", channel_id, error)
+                for channel_id in sorted(await self._channels_of(guild_id)):
+                    if self._client is None:
+                        continue
+                    channel = self._client.get_partial_messageable(channel_id)
+                    try:
+                        await channel.send(line, allowed_mentions=NO_PINGS)
+                    except discord.HTTPException as error:
+                        log.warning("Could not write to the log channel %s: %s", channel_id, error)
             except Exception:
                 log.exception("Log line to %s failed", channel_id)
             finally:

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 import discord
 
 from bot.domain import Generation, ImageRow, Kind, Status, plural
+from bot.queue import WorkerInfo
 from bot.text import clip, literal, plain, user
+from inference.backend import WorkerState
 from inference.request import GenerationRequest
 
 EMBED_COLOUR = discord.Colour(0x6C5CE7)
@@ -281,3 +283,18 @@ def history_embed(
     )
     embed.set_footer(text=f"Page {page} of {pages} · {total} in all")
     return embed
+
+
+def worker_state(info: WorkerInfo) -> str:
+    """One worker: `cuda:1 running #12, #13`, `cuda:0 idle`, `ray-2 loading`, `cpu down (…)`."""
+    state = info.state.value
+    if info.state == WorkerState.RUNNING and info.gen_ids:
+        state = "running " + ", ".join(f"#{gen_id}" for gen_id in info.gen_ids)
+    elif info.state == WorkerState.DOWN and info.status.detail:
+        state = f"down ({clip(info.status.detail, 120)})"
+    return f"`{info.status.label}` {state}"
+
+
+def workers_line(infos: Sequence[WorkerInfo]) -> str:
+    """Every worker's state on one line (for /queue and the moderators' log)."""
+    return " · ".join(worker_state(info) for info in infos) or "none yet"

@@ -111,3 +111,29 @@ async def test_bad_setting_stops_with_one_line(tmp_path, env, message):
     assert process.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_the_workers_come_from_the_settings():
+    """[workers] picks the backend: a local pool on the listed devices (auto = model.device),
+    or the Ray cluster with its address and resource."""
+    from bot.__main__ import build_workers
+    from bot.settings import load_settings
+    from inference.pool import LocalPool
+    from inference.ray_backend import RayPool
+
+    local = build_workers(load_settings({"EASEL_DEVICE": "cpu"}, env_file=None))
+    assert isinstance(local, LocalPool) and local.devices == ["cpu"]
+    assert [s.name for s in local.statuses()] == ["cpu"]
+    two = build_workers(load_settings({"EASEL_WORKERS_DEVICES": "cpu,cpu"}, env_file=None))
+    assert [s.name for s in two.statuses()] == ["cpu#1", "cpu#2"]
+    ray = build_workers(
+        load_settings(
+            {
+                "EASEL_WORKERS_BACKEND": "ray",
+                "EASEL_WORKERS_RAY_ADDRESS": "ray://head:10001",
+                "EASEL_WORKERS_RAY_RESOURCE": "easel",
+            },
+            env_file=None,
+        )
+    )
+    assert isinstance(ray, RayPool) and (ray.address, ray.resource) == ("ray://head:10001", "easel")

@@ -91,6 +91,10 @@ def test_well_known_names():
         ({"DISCORD_API_BASE": "discord.com"}, "discord.api_base: 'discord.com' must start"),
         ({"EASEL_QUEUE_DAILY_QUOTA": "-1"}, "queue.daily_quota: must be at least 0"),
         ({"EASEL_CONFIG": "/no/such/file.toml"}, "EASEL_CONFIG: file '/no/such/file.toml'"),
+        ({"EASEL_WORKERS_BACKEND": "slurm"}, "workers.backend: 'slurm' is not allowed"),
+        ({"EASEL_WORKERS_DEVICES": "cuda:x"}, "workers.devices: 'cuda:x' is not allowed"),
+        ({"EASEL_WORKERS_DEVICES": "all,cpu"}, 'workers.devices: "all" stands alone'),
+        ({"EASEL_WORKERS_DEVICES": "[]"}, "workers.devices: list at least one device"),
     ],
 )
 def test_bad_values_stop_with_one_line(environ, message):
@@ -98,6 +102,18 @@ def test_bad_values_stop_with_one_line(environ, message):
     with pytest.raises(SettingsError, match=message.replace("+", r"\+").replace("(", r"\(")) as e:
         load(environ)
     assert "\n" not in str(e.value)
+
+
+def test_workers_devices_and_gpu_numbers():
+    """workers.devices takes a list of devices; `auto` there means model.device; cuda:N is a
+    valid device everywhere."""
+    settings = load({"EASEL_WORKERS_DEVICES": '["cuda:0", "cuda:1"]', "EASEL_DEVICE": "cuda:1"})
+    assert settings.workers.devices == ("cuda:0", "cuda:1")
+    assert settings.model.device == "cuda:1"
+    assert load({"EASEL_DEVICE": "cpu"}).worker_devices == ("cpu",)
+    assert load({"EASEL_WORKERS_DEVICES": "all"}).worker_devices == ("all",)
+    ray = load({"EASEL_WORKERS_BACKEND": "ray", "EASEL_WORKERS_RAY_ADDRESS": "ray://head:10001"})
+    assert (ray.workers.backend, ray.workers.ray_address) == ("ray", "ray://head:10001")
 
 
 def test_bad_toml_files(tmp_path):

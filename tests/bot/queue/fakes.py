@@ -12,7 +12,9 @@ from bot.services.modlog import NoModLog
 from bot.services.uploads import Screener
 from bot.services.words import WordLists
 from bot.settings import ModerationSettings, QueueSettings, Settings
+from inference.backend import Pool
 from inference.request import GeneratedImage, GenerationRequest, GenerationResult
+from inference.worker import WorkerCrashed
 
 
 def req(prompt: str = "a fox", **overrides) -> GenerationRequest:
@@ -73,6 +75,8 @@ class FakeWorker:
                 self.pending = None
         else:
             await asyncio.sleep(0)
+        if outcome == "crash":
+            raise WorkerCrashed("The worker process died.")
         if self.fail_with is not None or outcome == "raise":
             raise self.fail_with or RuntimeError("CUDA error: an illegal memory access")
         results = []
@@ -150,3 +154,51 @@ def drain(queue: FairQueue, max_size: int = 1) -> list[list[int]]:
     while queue:
         batches.append([e.gen_id for e in queue.pop_batch(max_size)])
     return batches
+
+
+class FakeSlot(FakeWorker):
+    """A fake worker with a name, as a pool member (`release("crash")` kills it)."""
+
+    def __init__(self, name: str, **options):
+        super().__init__(**options)
+        self.name = name
+
+
+class FakePool(Pool):
+    """`n` fake workers behind the real pool bookkeeping; a crashed one is back at once
+    (or when `revive(name)` is called, with `manual_restart=True`)."""
+
+    def __init__(self, n: int = 2, *, manual_restart: bool = False, **options):
+        super().__init__()
+        self.manual_restart = manual_restart
+        self.members = [FakeSlot(f"fake{i + 1}", **options) for i in range(n)]
+        self.restarts: list[str] = []
+        for slot in self.members:
+            self._add(slot)
+            self._ready(slot.name, info={"native_size": 64})
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def _restart(self, name: str) -> None:
+        self.restarts.append(name)
+        if not self.manual_restart:
+            self._ready(name)
+
+    def revive(self, name: str) -> None:
+        self._ready(name)
+
+    def slot(self, name: str) -> FakeSlot:
+        return next(s for s in self.members if s.name == name)
+
+    def pending(self) -> dict[str, list[GenerationRequest]]:
+        """The batch each held worker has, by worker name."""
+        return {s.name: s.pending[0] for s in self.members if s.pending is not None}
+
+    async def wait_pending(self, count: int) -> dict[str, list[GenerationRequest]]:
+        while len(self.pending()) < count:
+            await asyncio.sleep(0.001)
+        return self.pending()

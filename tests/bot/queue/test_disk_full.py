@@ -107,7 +107,7 @@ async def test_a_job_that_could_not_be_set_back_to_queued_still_runs(repos, make
     disk = FullDisk(repos)
     real_finish = scheduler._finish
 
-    async def fail_with_a_full_disk(entry, result):
+    async def fail_with_a_full_disk(*args):
         scheduler._finish = real_finish
         disk.fill()
         raise DiskFullError("The disk is full (No space left on device).")

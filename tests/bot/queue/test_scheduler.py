@@ -466,17 +466,24 @@ class QueueMachine(RuleBasedStateMachine):
                 if self.worker.pending is not None:
                     self.worker.release("ok")
                 self.settle()
-            statuses = self.statuses()
-            finals = self.finals()
-            for gen_id in self.accepted:
-                assert statuses[gen_id] in ("done", "failed", "cancelled"), (gen_id, statuses)
-                assert finals[gen_id] == 1, (gen_id, finals[gen_id])
-            assert not self.handed_to_worker_after_final
+            self.finals_end_once()
             self.run(self.scheduler.stop())
             self.run(self.database.close())
         finally:
-            self.loop.close()
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.cleanup()
+
+    def finals_end_once(self):
+        """Every accepted job ended, exactly once, and no worker saw a job after its end."""
+        statuses = self.statuses()
+        finals = self.finals()
+        for gen_id in self.accepted:
+            assert statuses[gen_id] in ("done", "failed", "cancelled"), (gen_id, statuses)
+            assert finals[gen_id] == 1, (gen_id, finals[gen_id])
+        assert not self.handed_to_worker_after_final
+
+    def cleanup(self):
+        self.loop.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 QueueMachine.TestCase.settings = settings(
