@@ -144,6 +144,7 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
                 "model": config.model,
                 "load_seconds": time.perf_counter() - started,
                 "peak_rss_mb": _peak_rss_mb(),
+                "lab": engine.lab.info() if engine.lab is not None else {},
             }
         )
     )
