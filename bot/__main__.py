@@ -61,7 +61,12 @@ def build_bot(settings: Settings, repos: Repositories, worker: Worker) -> EaselB
     scheduler = build_scheduler(settings, repos, worker)
     log_channel = LogChannel(repos, settings.discord.log_channel_id)
     services = Services.build(
-        settings, repos, scheduler, log_channel, native_size=lambda: worker.native_size
+        settings,
+        repos,
+        scheduler,
+        log_channel,
+        native_size=lambda: worker.native_size,
+        lab_info=lambda: worker.info.get("lab", {}),
     )
     return EaselBot(settings, repos, scheduler, services, log_channel, worker)
 

@@ -18,6 +18,7 @@ from .generations import GenerationRepository
 from .guilds import GuildRepository, StateRepository
 from .history import HistoryRepository
 from .images import ImageFiles
+from .lab import LabRepository
 from .review import ReviewRepository
 from .words import WordRepository
 
@@ -37,6 +38,7 @@ class Repositories:
     guilds: GuildRepository
     state: StateRepository
     export: ExportRepository
+    lab: LabRepository
 
     @classmethod
     def on(cls, db: Database, *, images_dir: Path | None = None) -> Repositories:
@@ -55,6 +57,7 @@ class Repositories:
             guilds=GuildRepository(db),
             state=StateRepository(db),
             export=ExportRepository(db, generations),
+            lab=LabRepository(db, images),
         )
 
 

@@ -93,6 +93,11 @@ class ImageFiles:
     async def load_request(self, gen: Generation) -> GenerationRequest:
         """The runnable request of a logged job: recipe + job id + the source image from disk."""
         request = gen.request
+        ref = request.lab.image_ref if request.lab is not None else None
+        if ref is not None and request.init_image is None:
+            # A lab view reads the image it looks at (or replays from) by its ids.
+            png = await self.read(*ref)
+            return GenerationRequest.from_recipe(gen.recipe, job_id=str(gen.id), init_image=png)
         if request.mode != "txt2img" and request.init_image is None:
             if gen.parent_id is None or gen.parent_image_index is None:
                 raise StoreError(f"#{gen.id} has no source image to work from.")

@@ -4,8 +4,9 @@ scheduler, the word lists and the moderators' log where it needs them) in its co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bot.db import Repositories
 from bot.queue import Scheduler
@@ -14,6 +15,7 @@ from bot.settings import Settings
 from .admission import Admission, Refused
 from .derive import Derivations, Derived
 from .jobs import Jobs
+from .lab import Lab
 from .moderation import Moderation
 from .modlog import ModLog
 from .words import WordLists
@@ -26,6 +28,7 @@ class Services:
     jobs: Jobs
     moderation: Moderation
     words: WordLists
+    lab: Lab
 
     @classmethod
     def build(
@@ -35,14 +38,18 @@ class Services:
         scheduler: Scheduler,
         modlog: ModLog,
         native_size: Callable[[], int],
+        lab_info: Callable[[], Mapping[str, Any]] = dict,
     ) -> Services:
+        """`lab_info()`: what the worker's lab can do (its Ready message's "lab" entry)."""
         words = WordLists(repos, settings.moderation)
+        derive = Derivations(settings, repos, native_size)
         return cls(
             admission=Admission(settings, repos, scheduler, words, modlog),
-            derive=Derivations(settings, repos, native_size),
+            derive=derive,
             jobs=Jobs(repos, scheduler, modlog),
             moderation=Moderation(settings, repos, scheduler, words, modlog),
             words=words,
+            lab=Lab(settings, repos, derive, lab_info),
         )
 
 
