@@ -151,7 +151,7 @@ def parse_axis(axis: str, text: str, bounds: Bounds) -> tuple[int | float | str,
         axis, "Euler a, DDIM"
     )
     if not text:
-        raise LabSpecError(f"Give the {axis} values, separated by commas (e.g. {example}).")
+        raise LabSpecError(f"Give the {axis} values, separated by commas, for example {example}.")
     if axis == "sampler":
         by_name = {name.lower(): name for name in bounds.samplers}
         names = [part.strip() for part in text.split(",") if part.strip()]
