@@ -42,12 +42,18 @@ def test_bad_axis_values_get_one_sentence(axis, text, words):
 
 def test_grid_limits_and_canonical_values():
     """At most `max_cells` cells; two different axes; values rewritten canonically."""
-    lab = check_grid(LabRequest("grid", axis="Seed", values="1 2", axis2="guidance", values2="3,7"), BOUNDS, 4)
+    lab = check_grid(
+        LabRequest("grid", axis="Seed", values="1 2", axis2="guidance", values2="3,7"), BOUNDS, 4
+    )
     assert (lab.axis, lab.values, lab.axis2, lab.values2) == ("seed", "1, 2", "guidance", "3, 7")
     with pytest.raises(LabSpecError, match="2 × 3 = 6 cells is too big; use at most 4"):
-        check_grid(LabRequest("grid", axis="seed", values="1 2", axis2="steps", values2="1 2 3"), BOUNDS, 4)
+        check_grid(
+            LabRequest("grid", axis="seed", values="1 2", axis2="steps", values2="1 2 3"), BOUNDS, 4
+        )
     with pytest.raises(LabSpecError, match="Both axes are seed"):
-        check_grid(LabRequest("grid", axis="seed", values="1", axis2="seed", values2="2"), BOUNDS, 4)
+        check_grid(
+            LabRequest("grid", axis="seed", values="1", axis2="seed", values2="2"), BOUNDS, 4
+        )
     with pytest.raises(LabSpecError, match="values2 without axis2"):
         check_grid(LabRequest("grid", axis="seed", values="1", values2="2"), BOUNDS, 4)
 
@@ -55,7 +61,11 @@ def test_grid_limits_and_canonical_values():
 def test_grid_request_cells_cost_and_round_trip():
     """A 3×2 grid has six one-image cells, costs their sum, and survives JSON and pickle."""
     request = GenerationRequest(
-        prompt="a fox", seed=9, steps=4, width=64, height=64,
+        prompt="a fox",
+        seed=9,
+        steps=4,
+        width=64,
+        height=64,
         lab=LabRequest("grid", axis="seed", values="1,2,3", axis2="steps", values2="2, 6"),
     )
     request = validate(request, Limits())
@@ -69,7 +79,10 @@ def test_grid_request_cells_cost_and_round_trip():
     again = GenerationRequest.from_recipe(request.recipe())
     assert again.lab == request.lab and again.grid_cells()[1][2].steps == 6
     assert pickle.loads(pickle.dumps(request)).lab == request.lab
-    assert request.batch_key() != GenerationRequest.from_recipe(request.recipe(), job_id="7").batch_key()
+    assert (
+        request.batch_key()
+        != GenerationRequest.from_recipe(request.recipe(), job_id="7").batch_key()
+    )
 
 
 def test_plain_recipes_have_no_lab_key():
@@ -85,6 +98,9 @@ def test_lab_views_validate():
         validate(GenerationRequest(prompt="x", lab=LabRequest("noise")), Limits())
     with pytest.raises(RequestError, match="too big; use at most 16"):
         validate(
-            GenerationRequest(prompt="x", lab=LabRequest("grid", axis="seed", values=" ".join(map(str, range(17))))),
+            GenerationRequest(
+                prompt="x",
+                lab=LabRequest("grid", axis="seed", values=" ".join(map(str, range(17)))),
+            ),
             Limits(),
         )

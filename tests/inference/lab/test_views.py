@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 
 import numpy as np
@@ -156,7 +157,9 @@ def test_words_view_one_map_per_word(engine):
     assert [c["label"] for c in cells] == [["a"], ["red"], ["fox"], ["in"], ["snow"]]
     sizes = {(c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) for c in cells}
     assert sizes == {(128, 128)}  # 64 px enlarged twice
-    assert not np.array_equal(crop(words.images[0].png, cells[0]["box"]), crop(words.images[0].png, cells[2]["box"]))
+    assert not np.array_equal(
+        crop(words.images[0].png, cells[0]["box"]), crop(words.images[0].png, cells[2]["box"])
+    )
     del made
 
 
@@ -166,12 +169,21 @@ def test_clip_similarity_and_reading(engine):
     [made] = engine.run([recipe(job_id="8")])
     assert -1 <= made.images[0].clip_score <= 1
     [seen] = engine.run(
-        [recipe(job_id="9", lab=LabRequest("clip", image_ref=(1, 0)), init_image=made.images[0].png)]
+        [
+            recipe(
+                job_id="9", lab=LabRequest("clip", image_ref=(1, 0)), init_image=made.images[0].png
+            )
+        ]
     )
     data = seen.lab.data
     assert -1 <= data["similarity"] <= 1 and data["laion_threshold"] == 0.28
     assert abs(data["similarity"] - made.images[0].clip_score) < 1e-3
-    assert len(data["sees"]) == 3 and set(data["phrases"]) == {"medium", "style", "subject", "setting"}
+    assert len(data["sees"]) == 3 and set(data["phrases"]) == {
+        "medium",
+        "style",
+        "subject",
+        "setting",
+    }
 
 
 def test_clip_view_off_without_a_model(tiny_model_dir):
@@ -181,7 +193,11 @@ def test_clip_view_off_without_a_model(tiny_model_dir):
     [made] = engine.run([recipe(job_id="10")])
     assert made.images[0].clip_score is None
     [off] = engine.run(
-        [recipe(job_id="11", lab=LabRequest("clip", image_ref=(1, 0)), init_image=made.images[0].png)]
+        [
+            recipe(
+                job_id="11", lab=LabRequest("clip", image_ref=(1, 0)), init_image=made.images[0].png
+            )
+        ]
     )
     assert off.error.startswith("The CLIP view is off: lab.clip_model is empty")
 
@@ -190,21 +206,33 @@ def test_noise_frames_get_noisier(engine):
     """Measured on the decoded frames: each is further from the t = 0 frame than the last."""
     [made] = engine.run([recipe(job_id="12")])
     [road] = engine.run(
-        [recipe(job_id="13", lab=LabRequest("noise", image_ref=(1, 0)), init_image=made.images[0].png)]
+        [
+            recipe(
+                job_id="13",
+                lab=LabRequest("noise", image_ref=(1, 0)),
+                init_image=made.images[0].png,
+            )
+        ]
     )
     assert road.lab.data["timesteps"][0] == 0 and road.lab.data["timesteps"][-1] == 999
     cells = layout(road.images[0].png)
     assert cells[0]["label"][0] == "the picture" and len(cells) == 9
     frames = [crop(road.images[0].png, c["box"]).astype(float) for c in cells[1:]]
     distance = [np.abs(f - frames[0]).mean() for f in frames]
-    assert all(b >= a - 0.05 for a, b in zip(distance, distance[1:]))
+    assert all(b >= a - 0.05 for a, b in itertools.pairwise(distance))
     assert distance[-1] > distance[1] > 0
 
 
 def test_grid_cells_are_the_images_of_their_recipes(engine):
     """Each cell of a 3×2 grid is what its own recipe makes alone."""
     grid = validate(
-        recipe(job_id="14", steps=3, lab=LabRequest("grid", axis="seed", values="1,2,3", axis2="sampler", values2="Euler, DDIM")),
+        recipe(
+            job_id="14",
+            steps=3,
+            lab=LabRequest(
+                "grid", axis="seed", values="1,2,3", axis2="sampler", values2="Euler, DDIM"
+            ),
+        ),
         Limits(),
     )
     [made] = engine.run([grid])
