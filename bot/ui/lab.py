@@ -124,6 +124,11 @@ def add_lab_info(embed: discord.Embed, gen: Generation, record: LabRecord | None
     if gen.kind.is_lab:
         embed.add_field(name="Lab", value=clip(caption(gen, record), 1024), inline=False)
     if gen.kind is Kind.LAB_GRID:
+        # The grid as a whole is not one /imagine: its cells are.
+        for k, existing in enumerate(embed.fields):
+            if existing.name == "Reproduce":
+                embed.remove_field(k)
+                break
         lines = []
         for cell in record.data.get("cells", []):
             r = cell.get("recipe", {})

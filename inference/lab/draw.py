@@ -163,7 +163,8 @@ def png(image: Image.Image, chunks: dict[str, str]) -> bytes:
     for key, value in chunks.items():
         info.add_text(key, value)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    # Fast compression: encoding runs in the worker, where CPU time is GPU time lost.
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
     return buffer.getvalue()
 
 
@@ -179,6 +180,7 @@ def webp_film(frames: Sequence[Image.Image], *, ms: int = 450, hold_last: int = 
         duration=durations,
         loop=0,
         lossless=True,
+        method=2,  # fast; lossless whatever the method
     )
     return buffer.getvalue()
 

@@ -257,3 +257,19 @@ def test_safety_scores_agree_with_the_checker(engine, flagging_model_dir):
     assert len(scores) == 20 and all(s.score > 0 for s in scores if s.group == "concept")
     [made] = flagging.run([recipe(job_id="16")])
     assert made.images[0].nsfw and made.images[0].safety_scores  # why, kept for moderators
+
+
+def test_steps_of_a_variation_start_from_its_source(engine):
+    """An image-to-image recipe is replayed from its start image: only the last `strength` of
+    the steps run, and the film still ends on the variation."""
+    [source] = engine.run([recipe(job_id="17")])
+    vary = recipe(
+        job_id="18", seed=12, mode="img2img", strength=0.6, init_image=source.images[0].png
+    )
+    [made] = engine.run([vary])
+    [film] = engine.run(
+        [dataclasses.replace(vary, job_id="19", lab=LabRequest("steps", image_ref=(1, 0)))]
+    )
+    assert film.lab.data["steps"] == 3  # int(5 × 0.6)
+    frames = film_frames(film.lab.files[0].data)
+    assert len(frames) == 3 and np.abs(frames[-1] - pixels(made.images[0].png)).max() <= 2
