@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from bot.db import Repositories, StoreError
 from bot.domain import Generation, Kind, Status, UserError
 from bot.settings import Settings
-from inference.lab.spec import IMAGE_VIEWS, LabRequest
+from inference.lab.spec import IMAGE_VIEWS, LabRequest, LabView
 from inference.request import GenerationRequest
 
 from .derive import Derivations, Derived
@@ -125,7 +125,7 @@ class Lab:
                 png = await self.repos.images.read(*ref)
             except StoreError as error:
                 raise UserError(str(error)) from None
-        lab = LabRequest(view, frames=self.settings.lab.frames, image_ref=ref)  # type: ignore[arg-type]
+        lab = LabRequest(cast(LabView, view), frames=self.settings.lab.frames, image_ref=ref)
         request = dataclasses.replace(
             recipe,
             seed=image.seed,

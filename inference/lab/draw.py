@@ -105,7 +105,9 @@ def compose(
     cols = max(len(r) for r in rows)
     cell_w = max(c.image.width for r in rows for c in r)
     cell_h = max(c.image.height for r in rows for c in r)
-    label_lines = max((len(c.label) for r in rows for c in r), default=0)
+    # Each row is as tall as its cells and its own lines of label (a row without labels
+    # leaves no gap).
+    row_h = [cell_h + max((len(c.label) for c in r), default=0) * line + PAD for r in rows]
     left = 0
     if row_titles:
         left = min(160, max(text_width(w, size) for t in row_titles for w in t.split()) + 2 * PAD)
@@ -113,9 +115,8 @@ def compose(
     head = line + PAD if title else 0
     col_head = line + PAD if column_titles else 0
     step_w = cell_w + PAD
-    step_h = cell_h + label_lines * line + PAD
     width = left + PAD + cols * step_w
-    height = head + col_head + PAD + len(rows) * step_h
+    height = head + col_head + PAD + sum(row_h)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     face = font(size)
@@ -126,7 +127,7 @@ def compose(
         draw.text((x, head + PAD // 2), _clip_text(name, cell_w, size), fill=INK, font=face)
     layout = Layout()
     for r, row in enumerate(rows):
-        y = head + col_head + PAD + r * step_h
+        y = head + col_head + PAD + sum(row_h[:r])
         if r < len(row_titles):
             for k, text in enumerate(wrap(row_titles[r], left - 2 * PAD, size)):
                 draw.text((PAD, y + k * line), text, fill=INK, font=face)
