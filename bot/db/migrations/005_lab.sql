@@ -1,4 +1,4 @@
--- 006: the diffusion lab. Its views and experiment grids are generation kinds of their own, and
+-- 005: the diffusion lab. Its views and experiment grids are generation kinds of their own, and
 -- what a lab view found (the facts its caption is written from, the names of its extra files
 -- beside the images, e.g. the film as WebP) is kept per generation. A plain result keeps CLIP's
 -- score of each image and, for a flagged image, the safety checker's per-concept scores here.
