@@ -15,6 +15,8 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import discord
@@ -120,8 +122,15 @@ def build_bot(
         log_channel,
         native_size=lambda: workers.native_size,
         screener=workers,
+        lab_info=lambda: _lab_info(workers),
     )
     return EaselBot(settings, repos, scheduler, services, log_channel, worker, http_session)
+
+
+def _lab_info(workers: WorkerBackend) -> Mapping[str, Any]:
+    """What the workers' lab can do (their Ready message's "lab" entry)."""
+    lab = workers.info.get("lab")
+    return lab if isinstance(lab, Mapping) else {}
 
 
 class _Termination:

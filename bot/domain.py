@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
+from inference.lab.spec import ConceptScore
 from inference.request import GenerationRequest
 
 
@@ -67,11 +68,31 @@ class Kind(_Worded):
     UPSCALE = "upscale", "upscale"
     ZOOM = "zoom", "zoom out"
     PAN = "pan", "pan"
+    # The diffusion lab (bot/services/lab.py): views of one image, and experiment grids.
+    LAB_STEPS = "lab_steps", "denoising film"
+    LAB_WORDS = "lab_words", "word map"
+    LAB_CLIP = "lab_clip", "CLIP reading"
+    LAB_NOISE = "lab_noise", "noise road"
+    LAB_GRID = "lab_grid", "experiment grid"
 
     @property
     def from_one_image(self) -> bool:
         """Made from one image of its parent (its lineage names which one)."""
-        return self in (Kind.VARY, Kind.UPSCALE, Kind.ZOOM, Kind.PAN)
+        return self in (
+            Kind.VARY,
+            Kind.UPSCALE,
+            Kind.ZOOM,
+            Kind.PAN,
+            Kind.LAB_STEPS,
+            Kind.LAB_WORDS,
+            Kind.LAB_CLIP,
+            Kind.LAB_NOISE,
+        )
+
+    @property
+    def is_lab(self) -> bool:
+        """A lab view or grid: a picture about images, not an image to build on."""
+        return self.value.startswith("lab_")
 
 
 class RefusalReason(_Worded):
@@ -339,3 +360,16 @@ class GuildSettings:
 def plural(n: int, noun: str) -> str:
     """ "1 image", "2 images"."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+@dataclass(frozen=True)
+class LabRecord:
+    """What the lab kept for a generation: a lab view's facts and extra files, or a plain
+    result's CLIP scores and (flagged images) safety-checker scores, by image index."""
+
+    generation_id: int
+    view: str | None  # None for a plain result
+    data: dict[str, Any]
+    files: tuple[Path, ...]
+    clip_scores: dict[int, float]
+    safety_scores: dict[int, tuple[ConceptScore, ...]]

@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 from dotenv import dotenv_values
 
 from inference.engine import DEVICES, DTYPES, EngineConfig, valid_device
+from inference.lab.spec import LabConfig
 from inference.request import ASPECTS, SAMPLERS, Limits
 
 from .domain import SafetyMode
@@ -143,6 +144,17 @@ class ModerationSettings:
     banned_words: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class LabSettings:
+    frame_decoder: str = ""
+    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_in_results: bool = True
+    max_grid_cells: int = field(default=16, metadata=_range(1, 25))
+    frames: int = field(default=8, metadata=_range(2, 16))
+    frame_side: int = field(default=256, metadata=_range(64, 1024))
+    max_words: int = field(default=12, metadata=_range(1, 24))
+
+
 SECTIONS = {
     "discord": DiscordSettings,
     "model": ModelSettings,
@@ -151,6 +163,7 @@ SECTIONS = {
     "workers": WorkersSettings,
     "data": DataSettings,
     "moderation": ModerationSettings,
+    "lab": LabSettings,
 }
 
 
@@ -163,6 +176,7 @@ class Settings:
     workers: WorkersSettings = WorkersSettings()
     data: DataSettings = DataSettings()
     moderation: ModerationSettings = ModerationSettings()
+    lab: LabSettings = LabSettings()
     # Secret: kept out of repr so it never lands in a log line.
     discord_token: str = field(default="", repr=False)
 
@@ -178,6 +192,7 @@ class Settings:
             max_count=g.max_count,
             max_pixels=g.max_pixels,
             samplers=g.samplers,
+            max_grid_cells=self.lab.max_grid_cells,
         )
 
     @property
@@ -193,6 +208,13 @@ class Settings:
             inpaint=m.inpaint,
             preview_interval=(
                 self.discord.progress_interval if self.discord.progress_preview else 0.0
+            ),
+            lab=LabConfig(
+                frame_decoder=self.lab.frame_decoder,
+                clip_model=self.lab.clip_model,
+                clip_in_results=self.lab.clip_in_results,
+                frame_side=self.lab.frame_side,
+                max_words=self.lab.max_words,
             ),
         )
 

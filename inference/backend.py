@@ -115,6 +115,11 @@ class WorkerBackend(Protocol):
     @property
     def native_size(self) -> int: ...
 
+    @property
+    def info(self) -> dict[str, object]:
+        """What the first worker reported when it was ready (native size, device, lab, …)."""
+        ...
+
 
 @dataclass
 class _Member:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .lab.spec import LabConfig
 from .request import GeneratedImage, GenerationRequest, GenerationResult, RequestError
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     import numpy.typing as npt
     import torch
     from PIL.Image import Image
+
+    from .lab.tools import LabTools
 
     # A decoded image: (H, W, 3) floats in [0, 1]; None where out-of-memory left a hole.
     Pixels = npt.NDArray[np.float32]
@@ -80,6 +83,8 @@ class EngineConfig:
     preview_interval: float = 0.0
     # Test hooks: fail the first N pipeline calls with out-of-memory errors, etc.
     extra: dict[str, Any] = field(default_factory=dict)
+    # The diffusion lab's models and sizes (inference/lab/).
+    lab: LabConfig = field(default_factory=LabConfig)
 
 
 @dataclass
@@ -231,6 +236,7 @@ class Engine:
         self._on_preview: PreviewCallback | None = None
         self._last_preview = 0.0
         self._preview_blocked: set[int] = set()
+        self.lab: LabTools | None = None
 
     # --- loading -------------------------------------------------------------------------
 
@@ -311,6 +317,9 @@ class Engine:
                 raise ModelLoadError(_explain_load_error(self.config.upscaler, error)) from None
             self._upscaler.set_progress_bar_config(disable=True)
         self._inpaint = self._load_inpaint(pipe)
+        from .lab.tools import LabTools
+
+        self.lab = LabTools(self.config.lab, self).load()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "Loaded %s on %s (%s) in %.1f s", model, self.device, self.dtype, self.load_seconds
@@ -402,6 +411,10 @@ class Engine:
         ]
         job_ids = {request.job_id for request in requests}
         is_cancelled: CancelCheck = cancelled or (lambda: ())
+        if requests[0].lab is not None:  # a lab view runs alone (its batch key is its own)
+            from .lab.runner import run_lab
+
+            return [run_lab(self, requests[0], on_progress, is_cancelled)]
         slots = [
             _Slot(i, k, request.prompt, request.negative, seed)
             for i, request in enumerate(requests)
@@ -433,6 +446,8 @@ class Engine:
             for slot, array, flag in mine:
                 assert array is not None  # out-of-memory holes were answered above
                 result.images.append(self._to_image(request, slot, array, flag))
+            if self.lab is not None:  # CLIP's score; a flagged image's concept scores
+                self.lab.annotate(request, result, [a for _, a, _ in mine if a is not None])
             result.timings = {
                 "inference": elapsed * len(mine) / total_images,
                 "batch": elapsed,

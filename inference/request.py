@@ -14,6 +14,16 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .lab.spec import (
+    Bounds,
+    ConceptScore,
+    LabOutput,
+    LabRequest,
+    LabSpecError,
+    check_grid,
+    parse_axis,
+)
+
 MAX_SEED = 2**32 - 1
 
 Mode = Literal["txt2img", "img2img", "upscale", "outpaint"]
@@ -58,6 +68,7 @@ class Limits:
     max_count: int = 4
     max_pixels: int = 1024 * 1024
     samplers: tuple[str, ...] = SAMPLERS
+    max_grid_cells: int = 16
 
 
 @dataclass
@@ -87,6 +98,8 @@ class GenerationRequest:
     # new paint blends into the source (outside the band the source's pixels are kept).
     paste: tuple[int, int, int, int] | None = None
     feather: int = 0
+    # A lab view of this recipe (inference/lab/); None for a plain generation.
+    lab: LabRequest | None = None
 
     def with_seed(self) -> GenerationRequest:
         """A copy whose seed is fixed (a random one if none was given)."""
@@ -101,16 +114,61 @@ class GenerationRequest:
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
 
     @property
+    def steps_run(self) -> int:
+        """Denoising steps the pipeline really runs (img2img runs the last `strength` part)."""
+        if self.mode != "txt2img":
+            return max(1, int(self.steps * self.strength))
+        return self.steps
+
+    @property
     def cost(self) -> int:
         """What this job costs the GPU, for fair scheduling: pixels × steps × images."""
-        steps = self.steps
-        if self.mode != "txt2img":
-            # img2img runs only the last `strength` fraction of the schedule.
-            steps = max(1, int(self.steps * self.strength))
-        return self.width * self.height * steps * self.count
+        if self.lab is not None:
+            return self._lab_cost(self.lab)
+        return self.width * self.height * self.steps_run * self.count
+
+    def _lab_cost(self, lab: LabRequest) -> int:
+        # In the same units: a lab view replays one image, plus its frame decodes (about
+        # two steps' worth); Noise and CLIP run no UNet; a grid costs the sum of its cells.
+        pixels = self.width * self.height
+        if lab.view == "grid":
+            return sum(cell.cost for row in self.grid_cells() for cell in row)
+        if lab.view == "steps":
+            return pixels * (self.steps_run + 2)
+        if lab.view == "words":
+            return pixels * self.steps_run
+        return pixels * (2 if lab.view == "noise" else 1)
+
+    @property
+    def needs_image(self) -> bool:
+        """The job works from a stored image (`init_image`, read from disk when missing)."""
+        return self.mode != "txt2img" or (self.lab is not None and self.lab.image_ref is not None)
+
+    def grid_cells(self) -> list[list[GenerationRequest]]:
+        """An experiment grid's cells, row by row: this recipe with the axes' values."""
+        lab = self.lab
+        if lab is None or lab.view != "grid":
+            return []
+        bounds = Bounds(1, 10**6, -(10.0**6), 10.0**6, MAX_SEED, SAMPLERS)  # checked before
+        axes = [(axis, parse_axis(axis, text, bounds)) for axis, text in lab.axes]
+        columns = axes[0] if axes else ("seed", (self.seed,))
+        rows = axes[1] if len(axes) > 1 else ("", (None,))
+        base = dataclasses.replace(self, lab=None, count=1)
+        grid = []
+        for row_value in rows[1]:
+            row = []
+            for column_value in columns[1]:
+                values: dict[str, Any] = {columns[0]: column_value}
+                if rows[0]:
+                    values[rows[0]] = row_value
+                row.append(dataclasses.replace(base, **values))
+            grid.append(row)
+        return grid
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys may share one pipeline call."""
+        if self.lab is not None:
+            return ("lab", self.job_id)  # a lab view runs alone
         if self.mode != "txt2img":
             # Each source image is its own call; never batch them with others.
             return (self.mode, self.job_id)
@@ -139,6 +197,10 @@ class GenerationRequest:
             data.pop("feather")
         else:
             data["paste"] = list(self.paste)
+        if self.lab is None:
+            data.pop("lab")
+        else:
+            data["lab"] = self.lab.to_dict()
         return data
 
     def to_json(self) -> str:
@@ -149,6 +211,8 @@ class GenerationRequest:
     def from_recipe(cls, recipe: dict[str, Any], **overrides: Any) -> GenerationRequest:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in recipe.items() if k in known}
+        if isinstance(values.get("lab"), dict):
+            values["lab"] = LabRequest.from_dict(values["lab"])
         values.update(overrides)
         if values.get("paste") is not None:
             values["paste"] = tuple(int(v) for v in values["paste"])
@@ -165,6 +229,10 @@ class GeneratedImage:
     nsfw: bool = False
     width: int = 0
     height: int = 0
+    # CLIP's cosine similarity of prompt and image (when the lab's CLIP model is loaded).
+    clip_score: float | None = None
+    # The safety checker's per-concept scores, kept for flagged images (why it was flagged).
+    safety_scores: tuple[ConceptScore, ...] = ()
 
 
 @dataclass
@@ -180,6 +248,8 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
     attempts: int = 1
+    # What a lab view found (its picture is `images[0]`); None for a plain generation.
+    lab: LabOutput | None = None
 
     @property
     def ok(self) -> bool:
@@ -240,6 +310,8 @@ def validate(request: GenerationRequest, limits: Limits) -> GenerationRequest:
         )
     if request.mode not in MODES:
         raise RequestError(f"Unknown mode {request.mode!r}; use one of: {', '.join(MODES)}.")
+    if request.lab is not None:
+        request = _validate_lab(request, limits)
     if request.mode != "txt2img":
         if not request.init_image:
             raise RequestError(f"A {request.mode} request needs a source image.")
@@ -298,6 +370,34 @@ def fit_size(
         else:
             new_height -= 8
     return new_width, new_height
+
+
+def _validate_lab(request: GenerationRequest, limits: Limits) -> GenerationRequest:
+    lab = request.lab
+    assert lab is not None
+    if lab.view not in ("steps", "words", "clip", "noise", "grid"):
+        raise RequestError(f"Unknown lab view {lab.view!r}.")
+    if request.count != 1:
+        raise RequestError("A lab view looks at one image at a time.")
+    if lab.view in ("clip", "noise") and not (request.init_image or lab.image_ref):
+        raise RequestError(f"The {lab.view} view needs the image it looks at.")
+    if not 2 <= lab.frames <= 16:
+        raise RequestError(f"frames must be between 2 and 16 (got {lab.frames}).")
+    if lab.view != "grid":
+        return request
+    bounds = Bounds(
+        limits.min_steps,
+        limits.max_steps,
+        limits.min_guidance,
+        limits.max_guidance,
+        MAX_SEED,
+        limits.samplers,
+    )
+    try:
+        checked = check_grid(lab, bounds, limits.max_grid_cells)
+    except LabSpecError as error:
+        raise RequestError(str(error)) from None
+    return dataclasses.replace(request, lab=checked)
 
 
 def aspect_size(aspect: str, native: int) -> tuple[int, int]:

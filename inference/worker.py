@@ -163,6 +163,7 @@ def load_engine(config: EngineConfig) -> tuple[Engine | None, Ready | LoadFailed
         "model": config.model,
         "load_seconds": time.perf_counter() - started,
         "peak_rss_mb": _peak_rss_mb(),
+        "lab": engine.lab.info() if engine.lab is not None else {},
     }
     return engine, Ready(info)
 

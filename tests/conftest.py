@@ -25,3 +25,20 @@ def flagging_model_dir(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("models") / "tiny-flag"
     return str(save_dummy_model(folder, "tiny", always_flag=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_frame_decoder_dir(tmp_path_factory) -> str:
+    """A random-weight diffusers AutoencoderTiny (the lab's film decoder), saved once."""
+    from inference.lab.dummy import save_frame_decoder
+
+    return str(save_frame_decoder(tmp_path_factory.mktemp("models") / "taesd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> str:
+    """A random-weight CLIPModel (text and vision towers with projections), its byte-level
+    tokenizer and image processor, saved once (the lab's `lab.clip_model`)."""
+    from inference.lab.dummy import save_clip
+
+    return str(save_clip(tmp_path_factory.mktemp("models") / "clip"))

@@ -24,6 +24,7 @@ from .generations import GenerationRepository
 from .guilds import GuildRepository, StateRepository
 from .history import HistoryRepository
 from .images import ImageFiles
+from .lab import LabRepository
 from .review import ReviewRepository
 from .words import WordRepository
 
@@ -43,6 +44,7 @@ class Repositories:
     guilds: GuildRepository
     state: StateRepository
     export: ExportRepository
+    lab: LabRepository
 
     @classmethod
     def on(cls, db: Database, *, images_dir: Path | None = None) -> Repositories:
@@ -61,6 +63,7 @@ class Repositories:
             guilds=GuildRepository(db),
             state=StateRepository(db),
             export=ExportRepository(db, generations),
+            lab=LabRepository(db, images),
         )
 
 

@@ -36,6 +36,8 @@ from .database import (
     to_timestamp,
 )
 from .images import ImageFiles
+from .lab import insert as insert_lab
+from .lab import prepare as prepare_lab
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +342,9 @@ class GenerationRepository:
         # Files first (atomic renames); the rows that point at them commit afterwards.
         for image in images:
             await self.files.write(gen_id, image)
+        lab_row = (
+            None if status is Status.CANCELLED else await prepare_lab(self.files, gen_id, result)
+        )
         now = self.db.now()
         timings = {k: float(v) for k, v in (result.timings or {}).items()}
         flagged = any(image.nsfw for image in images)
@@ -386,6 +391,8 @@ class GenerationRepository:
                     for image in images
                 ],
             )
+            if lab_row is not None:  # what the lab found, with the result it belongs to
+                await insert_lab(conn, lab_row)
         return await self.get(gen_id)
 
     async def mark_cancelled(self, gen_id: int) -> Generation | None:

@@ -163,8 +163,24 @@ class ImageFiles:
     async def source_of(self, gen: Generation) -> bytes:
         """The image an image-to-image job starts from: its upload, the parent's image it was
         made from, or (a reroll or remix of such a job) that job's own source."""
-        upload, parent_id, parent_index = gen.upload, gen.parent_id, gen.parent_image_index
-        owner = gen.id
+        return await self._walk(gen.id, gen.upload, gen.parent_id, gen.parent_image_index)
+
+    async def source_of_parent(self, gen: Generation) -> bytes:
+        """The image the parent of `gen` started from (a lab replay of an image-to-image
+        result starts where that result did)."""
+        if gen.parent_id is not None:
+            row = await self.db.one(
+                "SELECT id, upload, parent_id, parent_image_index FROM generations WHERE id = ?",
+                (gen.parent_id,),
+            )
+            if row is not None:
+                return await self._walk(row[0], row[1], row[2], row[3])
+        raise StoreError(f"#{gen.id} has no source image to work from.")
+
+    async def _walk(
+        self, owner: int, upload: str | None, parent_id: int | None, parent_index: int | None
+    ) -> bytes:
+        start = owner
         for _ in range(100):  # a family tree deeper than this is a loop in broken data
             if upload is not None:
                 return await self._read_upload(owner, upload)
@@ -180,13 +196,22 @@ class ImageFiles:
                 break
             owner = parent_id
             upload, parent_id, parent_index = row[0], row[1], row[2]
-        raise StoreError(f"#{gen.id} has no source image to work from.")
+        raise StoreError(f"#{start} has no source image to work from.")
 
     # -- requests and results rebuilt from disk ------------------------------------------------
 
     async def load_request(self, gen: Generation) -> GenerationRequest:
         """The runnable request of a logged job: recipe + job id + the source image from disk."""
         request = gen.request
+        ref = request.lab.image_ref if request.lab is not None else None
+        if ref is not None and request.init_image is None:
+            # A lab view reads the image it looks at (or replays from) by its ids.
+            png = await self.read(*ref)
+            return GenerationRequest.from_recipe(gen.recipe, job_id=str(gen.id), init_image=png)
+        if request.lab is not None and request.mode != "txt2img" and request.init_image is None:
+            # A lab replay of an image made from an upload starts where its subject did.
+            png = await self.source_of_parent(gen)
+            return GenerationRequest.from_recipe(gen.recipe, job_id=str(gen.id), init_image=png)
         if request.mode != "txt2img" and request.init_image is None:
             png = await self.source_of(gen)
             request = GenerationRequest.from_recipe(gen.recipe, job_id=str(gen.id), init_image=png)

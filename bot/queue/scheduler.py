@@ -758,7 +758,7 @@ class Scheduler:
                 continue
             try:
                 request = entry.request
-                if request.mode != "txt2img" and request.init_image is None:
+                if request.needs_image and request.init_image is None:
                     request = await self.repos.images.load_request(started[entry.gen_id])
             except StoreError as error:
                 await self._finish(

@@ -55,7 +55,9 @@ class OneWorker(Pool):
         self.worker = worker
         slot = _LoneSlot(worker)
         self._add(slot)
-        self._ready(slot.name, info={"native_size": getattr(worker, "native_size", 512)})
+        info = dict(getattr(worker, "info", None) or {})  # what a started Worker reported
+        info.setdefault("native_size", getattr(worker, "native_size", 512))
+        self._ready(slot.name, info=info)
 
     @property
     def native_size(self) -> int:

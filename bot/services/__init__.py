@@ -4,8 +4,9 @@ scheduler, the word lists and the moderators' log where it needs them) in its co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bot.db import Repositories
 from bot.queue import Scheduler
@@ -14,6 +15,7 @@ from bot.settings import Settings
 from .admission import Admission, Refused
 from .derive import Derivations, Derived
 from .jobs import Jobs
+from .lab import Lab
 from .moderation import Moderation
 from .modlog import ModLog
 from .uploads import Screener, Uploads
@@ -28,6 +30,7 @@ class Services:
     moderation: Moderation
     words: WordLists
     uploads: Uploads
+    lab: Lab
 
     @classmethod
     def build(
@@ -38,17 +41,21 @@ class Services:
         modlog: ModLog,
         native_size: Callable[[], int],
         screener: Screener | None = None,
+        lab_info: Callable[[], Mapping[str, Any]] = dict,
     ) -> Services:
         """`screener`: the safety checker for uploads (the inference worker); without one,
-        uploads are refused."""
+        uploads are refused. `lab_info()`: what the worker's lab can do (its Ready message's
+        "lab" entry)."""
         words = WordLists(repos, settings.moderation)
+        derive = Derivations(settings, repos, native_size)
         return cls(
             admission=Admission(settings, repos, scheduler, words, modlog, screener),
-            derive=Derivations(settings, repos, native_size),
+            derive=derive,
             jobs=Jobs(repos, scheduler, modlog),
             moderation=Moderation(settings, repos, scheduler, words, modlog),
             words=words,
             uploads=Uploads(settings, native_size),
+            lab=Lab(settings, repos, derive, lab_info),
         )
 
 

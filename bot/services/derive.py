@@ -90,6 +90,10 @@ class Derivations:
         gen = await self.here(guild_id, gen_id)
         if gen.status == Status.BLOCKED:
             raise UserError(f"There is no image #{gen_id}.")
+        if gen.kind.is_lab:
+            raise UserError(
+                f"#{gen_id} is a lab picture, not an image to remix; remix the image it is about."
+            )
         if gen.deleted:
             raise UserError(f"#{gen_id} was deleted, so it cannot be remixed.")
         if gen.status != Status.DONE:

@@ -21,6 +21,7 @@ from bot.services.uploads import UploadError
 from bot.settings import Settings
 from inference.request import GenerationRequest
 
+from . import lab as lab_render
 from . import render
 from .buttons import RemixModal
 from .delivery import Delivery
@@ -131,6 +132,13 @@ class Actions:
         request = dataclasses.replace(request, width=prepared.width, height=prepared.height)
         await self.delivery.submit(interaction, request, origin, upload=prepared.png)
 
+    async def lab(
+        self, interaction: discord.Interaction, gen_id: int, view: str, index: int
+    ) -> None:
+        """🔬 A lab view (Steps, Words, CLIP, Noise) of one image; the job is the asker's."""
+        derived = await self.services.lab.view(interaction.guild_id, gen_id, view, index)
+        await self._submit(interaction, derived)
+
     # --- looking ----------------------------------------------------------------------------
 
     async def info(self, interaction: discord.Interaction, gen_id: int) -> None:
@@ -143,7 +151,8 @@ class Actions:
         ancestors = await self.repos.history.ancestors(gen_id)
         children = await self.repos.history.children(gen_id)
         embed = render.info_embed(gen, ancestors, children, model=self.settings.model.id)
-        await reply(interaction, embed=embed)
+        lab_render.add_lab_info(embed, gen, await self.repos.lab.get(gen_id))
+        await reply(interaction, embed=render.fit_embed(embed))
 
     # --- removing ---------------------------------------------------------------------------
 

@@ -20,6 +20,14 @@ from inference.outpaint import DIRECTIONS, ZOOMS
 from .errors import report
 
 OUTPAINT_ROW = 3
+LAB_ROW = 4
+# The 🔬 menu's views: value, label, emoji, what it shows.
+LAB_VIEWS: tuple[tuple[str, str, str, str], ...] = (
+    ("steps", "Steps", "🎞️", "the denoising film: from noise to this image"),
+    ("words", "Words", "🔤", "what each word of the prompt painted"),
+    ("clip", "CLIP", "📎", "how well image and prompt match, and what CLIP sees"),
+    ("noise", "Noise", "🌫️", "the forward process: this image back to noise"),
+)
 
 
 class ResultActions(Protocol):
@@ -41,6 +49,9 @@ class ResultActions(Protocol):
     ) -> None: ...
     async def info(self, interaction: discord.Interaction, gen_id: int) -> None: ...
     async def delete(self, interaction: discord.Interaction, gen_id: int) -> None: ...
+    async def lab(
+        self, interaction: discord.Interaction, gen_id: int, view: str, index: int
+    ) -> None: ...
 
 
 class _HasActions(Protocol):
@@ -227,6 +238,54 @@ class OutpaintSelect(
             await report(interaction, error)
 
 
+class LabSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"easel:lab:(?P<gen>\d+)"):
+    """🔬 Lab: Steps, Words, CLIP or Noise of one image of a result, as a new job of whoever
+    picked it. One menu on row 4: four views for each of up to four images."""
+
+    def __init__(self, gen_id: int, indexes: Sequence[int] = (0,)) -> None:
+        several = len(indexes) > 1
+        options = [
+            discord.SelectOption(
+                label=(f"Image {index + 1} · " if several else "") + label,
+                value=f"{view}:{index}",
+                emoji=emoji,
+                description=description,
+            )
+            for index in indexes
+            for view, label, emoji, description in LAB_VIEWS
+        ]
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"easel:lab:{gen_id}",
+                placeholder="🔬 Lab: how was this made?",
+                options=options or [discord.SelectOption(label="—", value="none")],
+                row=LAB_ROW,
+            )
+        )
+        self.gen_id = gen_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> Self:
+        # The picked value comes with the interaction; the options need not be rebuilt.
+        return cls(int(match["gen"]), ())
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            values = self.item.values
+            view, _, index = (values[0] if values else "").partition(":")
+            if view not in {v[0] for v in LAB_VIEWS} or not index.isdigit():
+                raise UserError("Pick one of the lab's views from the menu.")
+            await actions_of(interaction).lab(interaction, self.gen_id, view, int(index))
+        except Exception as error:
+            await report(interaction, error)
+
+
 PERSISTENT_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     CancelButton,
     RerollButton,
@@ -236,6 +295,7 @@ PERSISTENT_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     InfoButton,
     DeleteButton,
     OutpaintSelect,
+    LabSelect,
 )
 
 
@@ -252,9 +312,10 @@ def result_view(
     can_derive: bool = True,
     max_pixels: int = 0,
     size: tuple[int, int] = (0, 0),
+    lab: bool = True,
 ) -> discord.ui.View:
     """🎲 ✏️ ℹ️ 🗑 on the first row, then 🔀 V1…V4 and ⬆️ U1…U4 for each shown image, then
-    the Zoom out / Pan menu for them."""
+    the Zoom out / Pan menu (row 3) and the 🔬 Lab menu (row 4) for them."""
     view = discord.ui.View(timeout=None)
     if can_derive:
         view.add_item(RerollButton(gen_id))
@@ -270,6 +331,8 @@ def result_view(
                 view.add_item(UpscaleButton(gen_id, index, label=f"U{index + 1}"))
         # Offered whatever the size: one that would be too large says so when picked.
         view.add_item(OutpaintSelect(gen_id, public_indexes))
+    if lab and public_indexes:
+        view.add_item(LabSelect(gen_id, public_indexes))
     return view
 
 

@@ -31,6 +31,7 @@ EXTENSIONS = (
     "bot.cogs.queue",
     "bot.cogs.lineage",
     "bot.cogs.moderation",
+    "bot.cogs.lab",
 )
 
 

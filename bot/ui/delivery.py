@@ -39,6 +39,7 @@ from bot.text import clip, literal, user
 from inference.backend import UP, WorkerState
 from inference.request import GenerationRequest, GenerationResult
 
+from . import lab as lab_render
 from . import render
 from .buttons import cancel_view, result_view
 from .errors import NO_PINGS, allow_user_ping
@@ -553,6 +554,9 @@ class Delivery(QuietListener):
             withheld=len(images.withheld),
             removed=len(images.removed),
         )
+        record = await self.repos.lab.get(gen.id)
+        if gen.kind.is_lab:
+            content += "\n🔬 " + lab_render.caption(gen, record)
         pngs = []
         for image in [*images.public, *images.spoilered]:
             png = await asyncio.to_thread(image.path.read_bytes)
@@ -560,7 +564,21 @@ class Delivery(QuietListener):
             pngs.append((name, png, image in images.spoilered))
         limit = self._upload_limit(gen.guild_id)
         files = await asyncio.to_thread(render.fit_files, pngs, limit)
-        embed = render.recipe_embed(gen, parent, model=self.settings.model.id, images=gen.images)
+        if gen.kind.is_lab:
+            embed = lab_render.lab_embed(gen, record, model=self.settings.model.id)
+            if record is not None and images.public:
+                # The lab's extra files (the film) were checked with its picture: shown with it.
+                files += await asyncio.to_thread(
+                    lab_render.extra_files, gen.id, record, limit, pngs
+                )
+        else:
+            embed = render.recipe_embed(
+                gen, parent, model=self.settings.model.id, images=gen.images
+            )
+            shown = [image.index for image in images.public]
+            line = lab_render.clip_line(record.clip_scores, shown) if record else None
+            if line:
+                embed.add_field(name="CLIP", value=line, inline=False)
         if images.public:
             # Embed images are never blurred: only a public image may be the embed's picture.
             embed.set_image(url=f"attachment://{files[0].filename}")
@@ -568,8 +586,10 @@ class Delivery(QuietListener):
         view = result_view(
             gen.id,
             [image.index for image in images.public],
+            can_derive=not gen.kind.is_lab,
             max_pixels=self.settings.generation.max_pixels,
             size=(request.width, request.height),
+            lab=not gen.kind.is_lab,
         )
         return await channel.send(
             content,

@@ -18,6 +18,7 @@ from bot.services.moderation import BanOutcome, Decision
 from bot.text import channel, clip, literal, plain, user
 from bot.ui.client import EaselBot, easel
 from bot.ui.errors import NO_PINGS, report
+from bot.ui.lab import why_flagged
 from bot.ui.members import actor_of
 from bot.ui.permissions import require_moderator
 
@@ -34,6 +35,7 @@ def review_card(
     matched: str | None,
     png: bytes | None,
     note: str = "",
+    why: str | None = None,
 ) -> Card:
     """The message that shows one review item (ephemeral), as `edit_message` keywords."""
     gen = item.generation
@@ -79,6 +81,8 @@ def review_card(
             embed.add_field(name="Seed", value=str(image.seed))
     if (item.image_index is not None or upload) and png is None:
         embed.add_field(name="Image", value="The image file is missing on disk.", inline=False)
+    if item.image_index is not None and why:
+        embed.add_field(name="Why it was flagged", value=clip(why, 1024), inline=False)
     embed.set_footer(text=footer)
     content = (note + "\n" if note else "") + f"**Review queue** — item {position + 1} of {total}"
     files = []
@@ -124,7 +128,7 @@ async def review_page(bot: EaselBot, guild_id: int | None, position: int, note: 
             return empty_review(note)
     item = items[0]
     gen = item.generation
-    matched = png = None
+    matched = png = why = None
     if item.image_index is None:
         matched = await bot.services.words.banned_in(gen.guild_id, gen.request)
         if gen.refusal_reason == RefusalReason.FLAGGED_UPLOAD:
@@ -133,7 +137,12 @@ async def review_page(bot: EaselBot, guild_id: int | None, position: int, note: 
     else:
         with contextlib.suppress(StoreError):
             png = await bot.repos.images.read(gen.id, item.image_index)
-    return review_card(item, position=position, total=total, matched=matched, png=png, note=note)
+        record = await bot.repos.lab.get(gen.id)
+        scores = record.safety_scores.get(item.image_index, ()) if record else ()
+        why = why_flagged(scores)
+    return review_card(
+        item, position=position, total=total, matched=matched, png=png, note=note, why=why
+    )
 
 
 async def _after_decision(bot: EaselBot, decision: Decision | str) -> str:

@@ -79,7 +79,12 @@ async def upload_imagine(fd, member, data: bytes, filename: str, **options):
 
 async def pick(fd, member, message, value: str):
     """Choose an entry of a result's Zoom out / Pan menu."""
-    (menu,) = [c for row in message.components for c in row["components"] if c.get("type") == 3]
+    (menu,) = [
+        c
+        for row in message.components
+        for c in row["components"]
+        if str(c.get("custom_id", "")).startswith("easel:outpaint:")
+    ]
     return await fd.select(member, message, menu["custom_id"], [value])
 
 
@@ -235,7 +240,12 @@ async def test_zoom_out_2x_doubles_the_canvas_and_keeps_the_source(fd, bot):
     blend band, credited "zoom out of #N (image 1) by @author", the job the presser's."""
     gus, hal = fd.add_member("gus"), fd.add_member("hal")
     gen_id, message = await imagine(fd, gus, seed=11)
-    menu = [c for row in message.components for c in row["components"] if c.get("type") == 3]
+    menu = [
+        c
+        for row in message.components
+        for c in row["components"]
+        if str(c.get("custom_id", "")).startswith("easel:outpaint:")
+    ]
     assert len(menu) == 1 and len(menu[0]["options"]) == 6
     zoom_id = await queued_id(await pick(fd, hal, message, "zoom:2:0"))
     zoomed = await result(fd, zoom_id)

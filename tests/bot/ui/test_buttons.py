@@ -9,11 +9,13 @@ from bot.ui.buttons import OutpaintSelect, result_view
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4])
 def test_result_rows_stay_within_discords_limits(count):
-    """Row 0 🎲 ✏️ ℹ️ 🗑️, row 1 V, row 2 U, row 3 the menu (6 entries an image, ≤ 25); row 4
-    is left free; never more than 5 items a row."""
+    """Row 0 🎲 ✏️ ℹ️ 🗑️, row 1 V, row 2 U, row 3 the Zoom/Pan menu (6 entries an image,
+    ≤ 25), row 4 the 🔬 Lab menu; never more than 5 items a row."""
     view = result_view(7, list(range(count)), max_pixels=1 << 20, size=(64, 64))
     rows = view.to_components()  # the action rows as Discord receives them
-    assert len(rows) == 4 and all(len(row["components"]) <= 5 for row in rows)
+    assert len(rows) == 5 and all(len(row["components"]) <= 5 for row in rows)
+    (lab,) = rows[4]["components"]
+    assert lab["custom_id"] == "easel:lab:7" and len(lab["options"]) == 4 * count <= 25
     assert [len(row["components"]) for row in rows[:3]] == [4, count, count]
     (menu,) = rows[3]["components"]
     assert menu["type"] == 3 and menu["custom_id"] == "easel:outpaint:7"
