@@ -133,7 +133,30 @@ def build_dummy_pipeline(
             **special,
         )
     text_encoder = CLIPTextModel(text_config)
+    if preset == "tiny":
+        vision: dict[str, Any] = {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        }
+        projection = 32
+    else:
+        # The real checker's size (CLIP ViT-L/14 vision tower): a toy one would hide its cost.
+        vision = {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 24,
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        }
+        projection = 768
     safety_config = CLIPConfig(
+        # The checker uses only the vision tower; the text side stays minimal.
         text_config={
             "hidden_size": 32,
             "intermediate_size": 37,
@@ -144,15 +167,8 @@ def build_dummy_pipeline(
             "eos_token_id": 1,
             "pad_token_id": 1,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": 224,
-            "patch_size": 32,
-        },
-        projection_dim=32,
+        vision_config=vision,
+        projection_dim=projection,
     )
     safety_checker = StableDiffusionSafetyChecker(safety_config)
     if always_flag:
@@ -179,6 +195,25 @@ def build_dummy_pipeline(
         feature_extractor=feature_extractor,
         requires_safety_checker=True,
     )
+
+
+def save_dummy_preview_decoder(folder: str | Path, *, seed: int = 0) -> Path:
+    """A tiny random `AutoencoderTiny` (TAESD's layout, 8× upsampling, ~20 k parameters) in
+    diffusers layout, for `model.preview_decoder` in tests and offline checks."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    decoder = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+    folder = Path(folder)
+    decoder.save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 def save_dummy_model(

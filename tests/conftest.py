@@ -25,3 +25,11 @@ def flagging_model_dir(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("models") / "tiny-flag"
     return str(save_dummy_model(folder, "tiny", always_flag=True))
+
+
+@pytest.fixture(scope="session")
+def preview_decoder_dir(tmp_path_factory) -> str:
+    """A tiny random AutoencoderTiny (TAESD's layout) for `model.preview_decoder`."""
+    from inference.dummy import save_dummy_preview_decoder
+
+    return str(save_dummy_preview_decoder(tmp_path_factory.mktemp("models") / "taesd"))
