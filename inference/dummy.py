@@ -204,7 +204,7 @@ def save_dummy_preview_decoder(folder: str | Path, *, seed: int = 0) -> Path:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)
-    decoder = AutoencoderTiny(
+    decoder: Any = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),

@@ -205,8 +205,11 @@ class Engine:
 
     # --- loading -------------------------------------------------------------------------
 
-    def load(self) -> Engine:
-        """Load the pipeline once through `from_pretrained` (hub id or local folder)."""
+    def load(self, on_phase: Callable[[str], None] | None = None) -> Engine:
+        """Load the pipeline once through `from_pretrained` (hub id or local folder).
+
+        `on_phase("warming up")` is called before the compile warm-up, which can take minutes.
+        """
         import torch
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging
@@ -275,6 +278,8 @@ class Engine:
                 raise ModelLoadError(_explain_load_error(self.config.upscaler, error)) from None
             self._upscaler.set_progress_bar_config(disable=True)
         if self.config.compile:
+            if on_phase is not None:
+                on_phase("warming up")
             self._warm_up()
         self.load_seconds = time.perf_counter() - started
         log.info(
