@@ -5,13 +5,18 @@ acted on) and the worker. It does not decide who may queue: `bot/services/admiss
 then calls `submit`. Nothing here imports discord or torch; the worker is anything with `run()`
 and `cancel()`.
 
-    scheduler = Scheduler(repos, worker, max_batch=4)
+    scheduler = Scheduler(repos, worker, max_batch=4, batch_window=0.04)
     scheduler.add_listener(listener)   # a SchedulerListener
     await scheduler.recover()          # queued/running jobs from the last run, in order
     await scheduler.start()
-    gen = await scheduler.submit(request, origin)
+    with scheduler.arriving(request):  # admission deciding: a batch may wait for it
+        gen = await scheduler.submit(request, origin)
     …
     await scheduler.stop()
+
+Two stages: the dispatcher hands one batch at a time to the worker and takes the next as soon
+as the worker returns; the finisher encodes the PNGs and records the results (in order) while
+the next batch runs, so the GPU does not wait for the bot's bookkeeping.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from bot.db import Repositories, StoreError
 from bot.domain import Generation, JobOrigin, Status
+from inference.engine import encode_pngs
 from inference.request import GenerationRequest, GenerationResult
-from inference.worker import JobProgress
+from inference.worker import JobProgress, Readiness
 
 from .fair import FairQueue, QueueEntry
 
@@ -35,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # A job interrupted this many times (the bot died while it ran) is failed instead of retried.
 MAX_RUNS = 3
+# Seconds `stop()` gives the finisher to record batches the worker already made.
+RECORD_GRACE = 10.0
 
 
 @runtime_checkable
@@ -46,6 +56,12 @@ class WorkerLike(Protocol):
     ) -> list[GenerationResult]: ...
 
     def cancel(self, job_id: str) -> None: ...
+
+    async def wait_ready(self) -> None:
+        """Return once the model is loaded (raise if it cannot be)."""
+
+    def readiness(self) -> Readiness:
+        """Loaded, or how far loading has got."""
 
 
 class SchedulerListener(Protocol):
@@ -143,6 +159,18 @@ class _Running:
         return [entry.gen_id for entry in self.entries]
 
 
+@dataclass(eq=False)
+class _Ran:
+    """A batch the worker has finished, waiting for the finisher to record it."""
+
+    entries: list[QueueEntry]
+    results: list[GenerationResult]
+    seconds: float
+    cancelled: set[int] = field(default_factory=set)  # cancelled after the worker finished
+    saving: set[int] = field(default_factory=set)  # being written: too late to cancel
+    recorded: set[int] = field(default_factory=set)
+
+
 class Scheduler:
     """The durable fair queue: submit, cancel, pause, positions/ETA, recovery, dispatch."""
 
@@ -157,16 +185,20 @@ class Scheduler:
         eta_smoothing: float = 0.3,
         lookahead: int | None = None,
         max_runs: int = MAX_RUNS,
+        batch_window: float = 0.0,
     ):
         """Cost is pixels × steps × images, so `initial_cost_per_second` =
         settings.queue.initial_mpix_steps_per_second × 1e6 (the ETA's first guess until a batch
-        has been measured)."""
+        has been measured). `batch_window`: seconds an idle worker may wait for compatible
+        requests that admission is still deciding on, to fill its batch."""
         self.repos = repos
         self.generations = repos.generations
         self.worker = worker
         self.max_batch = max(1, int(max_batch))
         self.lookahead = lookahead
         self.max_runs = max(1, int(max_runs))
+        self.batch_window = max(0.0, float(batch_window))
+        self._arriving: Counter[tuple[Any, ...]] = Counter()  # batch keys being admitted
         self.queue = FairQueue(quantum)
         self.cost_per_second = float(initial_cost_per_second)
         self.eta_smoothing = float(eta_smoothing)
@@ -179,6 +211,9 @@ class Scheduler:
         self._previews: dict[int, bytes] = {}  # the latest preview image of a running job
         self._dispatcher: asyncio.Task[None] | None = None
         self._notifier: asyncio.Task[None] | None = None
+        self._finisher: asyncio.Task[None] | None = None
+        self._ran: asyncio.Queue[_Ran] = asyncio.Queue()
+        self._finishing: dict[int, _Ran] = {}  # job id → its batch, until recorded
         self._busy = False
         self._not_busy = asyncio.Event()
         self._not_busy.set()
@@ -254,12 +289,22 @@ class Scheduler:
 
     @property
     def running_ids(self) -> set[int]:
-        return set() if self._running is None else {e.gen_id for e in self._running.entries}
+        """Jobs on the worker, and those it has finished that are still being recorded."""
+        running = set() if self._running is None else {e.gen_id for e in self._running.entries}
+        return running | set(self._finishing)
 
     @property
     def busy(self) -> bool:
         """A batch is being taken, run or recorded."""
-        return self._busy
+        return self._busy or self._ran.qsize() > 0 or bool(self._finishing)
+
+    def readiness(self) -> Readiness:
+        """Whether the model is loaded (members are told while it loads)."""
+        return self.worker.readiness()
+
+    def _load_seconds_left(self) -> float:
+        readiness = self.worker.readiness()
+        return 0.0 if readiness.ready else readiness.seconds_left or 0.0
 
     @property
     def started(self) -> bool:
@@ -283,7 +328,10 @@ class Scheduler:
 
     def eta_seconds(self, gen_id: int) -> float | None:
         """Seconds until the job is expected to be finished (from the measured cost per
-        second); None if it is neither waiting nor running."""
+        second, plus what is left of loading the model); None if it is neither waiting nor
+        running. Costs no more than a position: the queue keeps its order."""
+        if gen_id in self._finishing:
+            return 0.0
         remaining = self._running_remaining_cost()
         if gen_id in self.running_ids:
             return remaining / self.cost_per_second
@@ -291,40 +339,71 @@ class Scheduler:
         entry = self.queue.get(gen_id)
         if ahead is None or entry is None:
             return None
-        return (remaining + ahead + entry.cost) / self.cost_per_second
+        cost = remaining + ahead + entry.cost
+        return self._load_seconds_left() + cost / self.cost_per_second
+
+    def _running_infos(self) -> list[JobInfo]:
+        remaining = self._running_remaining_cost() / self.cost_per_second
+        infos = [
+            JobInfo(e.gen_id, e.user_id, Status.RUNNING, 0, 0.0, e.request)
+            for ran in dict.fromkeys(self._finishing.values())
+            for e in ran.entries
+            if e.gen_id in self._finishing
+        ]
+        if self._running is not None:
+            infos += [
+                JobInfo(e.gen_id, e.user_id, Status.RUNNING, 0, remaining, e.request)
+                for e in self._running.entries
+            ]
+        return infos
 
     def jobs(self) -> list[JobInfo]:
-        """Every running and waiting job, in the order they will finish."""
-        infos: list[JobInfo] = []
-        remaining = self._running_remaining_cost()
+        """Every running and waiting job, in the order they will finish (O(n): for
+        listings; a member's own jobs are `user_jobs`)."""
+        infos = self._running_infos()
         rate = self.cost_per_second
-        if self._running is not None:
-            for entry in self._running.entries:
-                infos.append(
-                    JobInfo(
-                        entry.gen_id,
-                        entry.user_id,
-                        Status.RUNNING,
-                        0,
-                        remaining / rate,
-                        entry.request,
-                    )
-                )
-        done_cost = remaining
+        done_cost = self._running_remaining_cost()
+        wait = self._load_seconds_left()
         for i, entry in enumerate(self.queue.order(), start=1):
             done_cost += entry.cost
             infos.append(
                 JobInfo(
-                    entry.gen_id, entry.user_id, Status.QUEUED, i, done_cost / rate, entry.request
+                    entry.gen_id,
+                    entry.user_id,
+                    Status.QUEUED,
+                    i,
+                    wait + done_cost / rate,
+                    entry.request,
                 )
             )
         return infos
 
     def user_jobs(self, user_id: int) -> list[JobInfo]:
         """A member's running and waiting jobs with positions and ETAs."""
-        return [info for info in self.jobs() if info.user_id == user_id]
+        infos = [info for info in self._running_infos() if info.user_id == user_id]
+        for entry in self.queue.entries_of(user_id):
+            position, eta = self.position(entry.gen_id), self.eta_seconds(entry.gen_id)
+            assert position is not None and eta is not None
+            infos.append(
+                JobInfo(entry.gen_id, user_id, Status.QUEUED, position, eta, entry.request)
+            )
+        return infos
 
     # -- submitting ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def arriving(self, request: GenerationRequest) -> Iterator[None]:
+        """Held by admission while it decides on a request: an idle worker whose batch has
+        room may wait up to `batch_window` for it (and only for such a request)."""
+        key = request.batch_key()
+        self._arriving[key] += 1
+        try:
+            yield
+        finally:
+            self._arriving[key] -= 1
+            if not self._arriving[key]:
+                del self._arriving[key]
+            self._wake.set()
 
     async def submit(self, request: GenerationRequest, origin: JobOrigin) -> Generation:
         """Queue an admitted request: log it `queued`, queue it, tell the listeners.
@@ -367,6 +446,13 @@ class Scheduler:
                     running.cancelled.add(gen_id)
                     self.worker.cancel(str(gen_id))
                     return True
+        ran = self._finishing.get(gen_id)
+        if ran is not None and gen_id not in ran.saving:  # made, not written: still in time
+            owner = next(e.user_id for e in ran.entries if e.gen_id == gen_id)
+            if user_id is not None and owner != user_id:
+                return False
+            ran.cancelled.add(gen_id)
+            return True
         return False
 
     async def cancel_user(
@@ -377,8 +463,8 @@ class Scheduler:
         With `guild_id`, only jobs made in that server.
         """
         targets = [e.gen_id for e in self.queue.entries_of(user_id)]
-        if include_running and self._running is not None:
-            targets += [e.gen_id for e in self._running.entries if e.user_id == user_id]
+        if include_running:
+            targets += [i.gen_id for i in self._running_infos() if i.user_id == user_id]
         if guild_id is not None:
             gens = {g.id: g for g in await self.generations.get_many(targets)}
             targets = [t for t in targets if t in gens and gens[t].guild_id == guild_id]
@@ -441,23 +527,32 @@ class Scheduler:
         return recovered
 
     # -- the dispatcher ------------------------------------------------------------------------
+    #
+    # Its single-worker assumptions, all in this section: one batch on the worker at a time
+    # (`self._running`), taken when the worker is loaded and free; the finisher records it
+    # while the next one runs. A pool of workers would run one `_dispatch_loop` per worker,
+    # each with its own `_running`, over the same queue, finisher and listeners.
 
     async def start(self) -> None:
-        """Start the dispatcher and the listener task (idempotent)."""
+        """Start the dispatcher, the finisher and the listener task (idempotent)."""
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.create_task(self._notify_loop(), name="easel-notifier")
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.create_task(self._finish_loop(), name="easel-finisher")
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="easel-dispatcher")
         self._wake.set()
 
     async def stop(self, *, grace: float = 0.0) -> None:
-        """Stop the dispatcher, waiting up to `grace` seconds for a running batch to finish.
+        """Stop the dispatcher, waiting up to `grace` seconds for a running batch to finish
+        and be recorded.
 
         Whatever is still running stays `running` in the database and is queued again by the
         next `recover()`; nothing is lost. Pending listener events are delivered within `grace`.
         """
-        dispatcher, notifier = self._dispatcher, self._notifier
-        self._dispatcher = self._notifier = None
+        dispatcher, finisher, notifier = self._dispatcher, self._finisher, self._notifier
+        self._dispatcher = self._finisher = self._notifier = None
+        deadline = time.monotonic() + grace
         if dispatcher is not None:
             if grace > 0 and self._busy:
                 with contextlib.suppress(TimeoutError):
@@ -465,33 +560,39 @@ class Scheduler:
             dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
-        if notifier is not None:
-            if grace > 0:
+        for task, drained in ((finisher, self._ran), (notifier, self._events)):
+            if task is None:
+                continue
+            left = deadline - time.monotonic()
+            if task is finisher:
+                # Batches the worker has finished are recorded (milliseconds), not run again.
+                left = max(left, RECORD_GRACE)
+            if left > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._events.join(), grace)
-            notifier.cancel()
+                    await asyncio.wait_for(drained.join(), left)
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await notifier
+                await task
         self._running = None
         self._busy = False
+        self._finishing.clear()
 
     async def idle(self) -> None:
-        """Wait until nothing runs, nothing can start (queue empty or paused) and every event
-        has reached the listeners. Needs `start()`."""
+        """Wait until nothing runs, nothing can start (queue empty or paused), every result is
+        recorded and every event has reached the listeners. Needs `start()`."""
         while True:
+            await self._ran.join()
             await self._events.join()
-            if not self._busy and (self.waiting_count == 0 or self._paused):
+            if not self.busy and (self.waiting_count == 0 or self._paused):
                 await asyncio.sleep(0)
-                if not self._busy and self._events.empty():
+                if not self.busy and self._events.empty():
                     return
             await asyncio.sleep(0.005)
 
     async def _dispatch_loop(self) -> None:
         while True:
-            while self._paused or not self.queue:
-                self._wake.clear()
-                await self._wake.wait()
             try:
+                await self._wait_for_work()
                 await self._run_next_batch()
             except asyncio.CancelledError:
                 raise
@@ -500,7 +601,48 @@ class Scheduler:
                 log.exception("Dispatcher error; retrying in 1 s")
                 self._running = None
                 self._busy = False
+                self._not_busy.set()
                 await asyncio.sleep(1.0)
+
+    async def _wait_for_work(self) -> None:
+        """Until there is a job to start, the model is loaded, and the batching window (if
+        any) has given compatible requests their moment."""
+        while True:
+            while self._paused or not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+            await self._wait_for_worker()
+            await self._batching_window()
+            if not self._paused and self.queue:
+                return
+
+    async def _wait_for_worker(self) -> None:
+        try:
+            await self.worker.wait_ready()
+        except Exception as error:  # the model cannot load: `python -m bot` stops on this
+            log.warning("The worker is not ready (%s); jobs wait", error)
+            await asyncio.sleep(5.0)
+
+    async def _batching_window(self) -> None:
+        """Wait up to `batch_window` while the head's batch has room and a compatible request
+        is still being admitted; never when the batch is full or nothing compatible comes."""
+        if self.batch_window <= 0:
+            return
+        deadline = time.monotonic() + self.batch_window
+        while True:
+            head = self.queue.peek()
+            if head is None or self._paused:
+                return
+            if self.queue.compatible(head.batch_key) >= self.max_batch:
+                return
+            if not self._arriving.get(head.batch_key):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
 
     async def _run_next_batch(self) -> None:
         self._busy = True
@@ -515,10 +657,7 @@ class Scheduler:
                 raise  # a stop or a crash: the database keeps them `running` for recovery
             except Exception:
                 # The database failed mid-way: what was not recorded goes back in the queue.
-                unfinished = [e for e in batch if e.gen_id not in self._recorded]
-                self.queue.restore(unfinished)
-                with contextlib.suppress(Exception):
-                    await self.generations.requeue([e.gen_id for e in unfinished])
+                await self._put_back([e for e in batch if e.gen_id not in self._recorded])
                 raise
             self.batches_run += 1
         finally:
@@ -526,8 +665,14 @@ class Scheduler:
             self._busy = False
             self._not_busy.set()
 
+    async def _put_back(self, entries: list[QueueEntry]) -> None:
+        self.queue.restore(entries)
+        with contextlib.suppress(Exception):
+            await self.generations.requeue([e.gen_id for e in entries])
+        self._wake.set()
+
     async def _run_batch(self, batch: list[QueueEntry]) -> None:
-        """Mark running, run on the worker, record each result (in that order)."""
+        """Mark running, run on the worker, hand the results to the finisher."""
         self._recorded = set()
         # Visible as running at once, so a cancel arriving now reaches it.
         running = self._running = _Running(batch, time.monotonic(), sum(e.cost for e in batch))
@@ -564,22 +709,11 @@ class Scheduler:
             return
         running.started = time.monotonic()
         results = await self._call_worker(requests)
-        elapsed = time.monotonic() - running.started
-        by_id = {result.job_id: result for result in results}
-        ok_cost, clean = 0, True
+        ran = _Ran(runnable, results, time.monotonic() - running.started)
         for entry in runnable:
-            result = by_id.get(str(entry.gen_id))
-            if result is None:
-                result = GenerationResult(
-                    str(entry.gen_id), error="The image worker returned no result for this job."
-                )
-            if result.ok:
-                ok_cost += entry.cost
-            else:
-                clean = False
-            await self._finish(entry, result)
-        if clean:
-            self._measure(ok_cost, elapsed)
+            self._finishing[entry.gen_id] = ran
+            self._recorded.add(entry.gen_id)  # from here on the finisher answers for it
+        self._ran.put_nowait(ran)
 
     async def _call_worker(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         try:
@@ -591,6 +725,47 @@ class Scheduler:
             message = f"The image worker failed unexpectedly ({type(error).__name__}: {error})."
             return [GenerationResult(job_id=r.job_id, error=message) for r in requests]
         return results
+
+    # -- the finisher --------------------------------------------------------------------------
+
+    async def _finish_loop(self) -> None:
+        """Record finished batches in order, while the worker is on the next one."""
+        while True:
+            ran = await self._ran.get()
+            try:
+                await self._record(ran)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Could not record a batch; its jobs are queued again")
+                await self._put_back([e for e in ran.entries if e.gen_id not in ran.recorded])
+            finally:
+                for entry in ran.entries:
+                    self._finishing.pop(entry.gen_id, None)
+                self._ran.task_done()
+
+    async def _record(self, ran: _Ran) -> None:
+        # PNG encoding (PIL releases the GIL) in threads, one per job, off the event loop.
+        await asyncio.gather(*(asyncio.to_thread(encode_pngs, r) for r in ran.results))
+        by_id = {result.job_id: result for result in ran.results}
+        ok_cost, clean = 0, True
+        for entry in ran.entries:
+            result = by_id.get(str(entry.gen_id))
+            if result is None:
+                result = GenerationResult(
+                    str(entry.gen_id), error="The image worker returned no result for this job."
+                )
+            ran.saving.add(entry.gen_id)
+            if entry.gen_id in ran.cancelled:
+                result = dataclasses.replace(result, cancelled=True, images=[])
+            if result.ok:
+                ok_cost += entry.cost
+            else:
+                clean = False
+            await self._finish(entry, result, ran.recorded)
+            self._finishing.pop(entry.gen_id, None)
+        if clean:
+            self._measure(ok_cost, ran.seconds)
 
     def _on_progress(
         self, job_id: str, step: int, total: int, preview: bytes | None = None
@@ -609,14 +784,16 @@ class Scheduler:
         if first:
             self._emit(_Progressed(gen_id))
 
-    async def _finish(self, entry: QueueEntry, result: GenerationResult) -> None:
+    async def _finish(
+        self, entry: QueueEntry, result: GenerationResult, recorded: set[int] | None = None
+    ) -> None:
         """Record the outcome, then tell the listeners (never the other way round)."""
         try:
             gen = await self.generations.save_result(entry.gen_id, result)
         except StoreError as error:
             log.error("Could not record the result of #%d: %s", entry.gen_id, error)
             return
-        self._recorded.add(entry.gen_id)
+        (self._recorded if recorded is None else recorded).add(entry.gen_id)
         if gen is not None:
             self._emit(_Finished(gen, result))
 

@@ -74,6 +74,18 @@ class Admission:
         except RequestError as error:
             line = f"refused (bad input): {error}"
             await self._refuse(request, origin, actor, RefusalReason.BAD_INPUT, str(error), line)
+        # While this is decided, an idle worker may hold its batch open for it a moment.
+        with self.scheduler.arriving(request):
+            gen = await self._admit_valid(request, origin, actor)
+        line = f"queued #{gen.id} ({origin.kind}): {quote(request.prompt)[:300]}"
+        if origin.parent_id is not None:
+            line += f" — from #{origin.parent_id}"
+        await self.modlog.write(origin.guild_id, line, actor)
+        return gen
+
+    async def _admit_valid(
+        self, request: GenerationRequest, origin: JobOrigin, actor: Actor | None
+    ) -> Generation:
         banned = await self.words.banned_in(origin.guild_id, request)
         if banned is not None:
             gen = await self.repos.generations.log_refusal(
@@ -97,10 +109,6 @@ class Admission:
                 # The source generation is unknown: a refusal the member can act on.
                 message = f"{error} Check the number and try again."
                 await self._refuse(request, origin, actor, RefusalReason.BAD_INPUT, message)
-        line = f"queued #{gen.id} ({origin.kind}): {quote(request.prompt)[:300]}"
-        if origin.parent_id is not None:
-            line += f" — from #{origin.parent_id}"
-        await self.modlog.write(origin.guild_id, line, actor)
         return gen
 
     async def _refuse(

@@ -12,6 +12,7 @@ from bot.services.modlog import NoModLog
 from bot.services.words import WordLists
 from bot.settings import ModerationSettings, QueueSettings, Settings
 from inference.request import GeneratedImage, GenerationRequest, GenerationResult
+from inference.worker import Readiness
 
 
 def req(prompt: str = "a fox", **overrides) -> GenerationRequest:
@@ -52,6 +53,10 @@ class FakeWorker:
         self.fail_with: Exception | None = None
         self.drop_last = False
         self.arrived = asyncio.Event()
+        # Loaded at once unless a test says otherwise (`loaded.clear()`, then `.set()`).
+        self.loaded = asyncio.Event()
+        self.loaded.set()
+        self.load_seconds_left = 20.0
 
     async def run(self, batch, on_progress=None):
         self.calls.append(list(batch))
@@ -88,6 +93,14 @@ class FakeWorker:
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
+
+    async def wait_ready(self) -> None:
+        await self.loaded.wait()
+
+    def readiness(self) -> Readiness:
+        if self.loaded.is_set():
+            return Readiness(True, "ready")
+        return Readiness(False, "loading", seconds_left=self.load_seconds_left)
 
     async def wait_pending(self, *, not_job: str | None = None) -> list[GenerationRequest]:
         """Wait until a batch is held (one without job `not_job`); return it."""
