@@ -53,6 +53,7 @@ def build_scheduler(settings: Settings, repos: Repositories, worker: WorkerLike)
         max_batch=q.batch_size,
         # Cost is pixels × steps × images; the setting is in megapixel-steps per second.
         initial_cost_per_second=q.initial_mpix_steps_per_second * 1e6,
+        batch_window=q.batch_window_ms / 1000,
     )
 
 
@@ -67,12 +68,20 @@ def build_bot(settings: Settings, repos: Repositories, worker: Worker) -> EaselB
 
 
 async def run(settings: Settings) -> None:
+    """Log in at once while the model loads in the worker; jobs queue meanwhile. A model that
+    cannot load stops the bot with its one-line reason."""
     point_discord_py_at(settings.discord.api_base, settings.discord.gateway_url)
     async with Database.open(settings.database_path) as db:
         repos = Repositories.on(db, images_dir=settings.images_dir)
-        log.info("Loading %s on %s …", settings.model.id, settings.model.device)
-        worker = Worker(settings.engine, start_timeout=settings.model.load_timeout)
-        await worker.start()
+        load_key = f"load_seconds:{settings.model.id}"
+        last_load = await repos.state.get(load_key)
+        worker = Worker(
+            settings.engine,
+            start_timeout=settings.model.load_timeout,
+            expected_load_seconds=float(last_load) if last_load else None,
+        )
+        log.info("Loading %s on %s in the background …", settings.model.id, settings.model.device)
+        worker.launch()
         try:
             async with build_bot(settings, repos, worker) as bot:
                 loop = asyncio.get_running_loop()
@@ -80,7 +89,20 @@ async def run(settings: Settings) -> None:
                     loop.add_signal_handler(
                         signal.SIGTERM, lambda: asyncio.ensure_future(bot.close())
                     )
-                await bot.start(settings.discord_token)
+                online = asyncio.create_task(bot.start(settings.discord_token))
+                loading = asyncio.create_task(worker.wait_ready())
+                await asyncio.wait({online, loading}, return_when=asyncio.FIRST_COMPLETED)
+                failed = loading.exception() if loading.done() else None
+                if failed is not None:
+                    await bot.close()
+                    with contextlib.suppress(Exception):
+                        await online
+                    raise failed
+                if not loading.done():
+                    loading.cancel()
+                else:  # remembered for "the model is loading, about N s" next time
+                    await repos.state.set(load_key, f"{worker.info['start_seconds']:.1f}")
+                await online
         finally:
             await worker.stop()
 

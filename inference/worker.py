@@ -161,16 +161,25 @@ def _gpu_peak_mb() -> float | None:
     return None
 
 
-def model_native_size(model: str) -> int | None:
+def model_native_size(model: str, *, download: bool = False) -> int | None:
     """The model's native square size from its config files alone (a few KB, read before the
-    weights), so requests that arrive while it loads get the right aspect sizes."""
+    weights), so requests that arrive while it loads get the right aspect sizes. Without
+    `download`, only a folder or the local hub cache is read."""
     try:
+        parts = ("unet", "vae")
+        paths: list[Any]
         if os.path.isdir(model):
-            paths = [os.path.join(model, part, "config.json") for part in ("unet", "vae")]
-        else:
+            paths = [os.path.join(model, part, "config.json") for part in parts]
+        elif download:
             from huggingface_hub import hf_hub_download
 
-            paths = [hf_hub_download(model, f"{part}/config.json") for part in ("unet", "vae")]
+            paths = [hf_hub_download(model, f"{part}/config.json") for part in parts]
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            paths = [try_to_load_from_cache(model, f"{part}/config.json") for part in parts]
+            if not all(isinstance(path, str) for path in paths):
+                return None
         unet, vae = (json.loads(Path(path).read_text(encoding="utf-8")) for path in paths)
         scale = 2 ** (len(vae["block_out_channels"]) - 1)
         return int(unet["sample_size"]) * int(scale)
@@ -221,7 +230,7 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
         with send_lock:
             outbox.send(message)
 
-    native = model_native_size(config.model)
+    native = model_native_size(config.model, download=True)
     send(Loading("loading", native_size=native))
     loaded = threading.Event()
     if not os.path.isdir(config.model):
@@ -391,6 +400,8 @@ class Worker:
         """Start the process and return at once; `wait_ready()` (or `run()`) waits for it."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        # Known at once for a folder or a cached model (two small files).
+        self._early_native = self._early_native or model_native_size(self.config.model)
         context = multiprocessing.get_context("spawn")
         child_inbox, self._inbox = context.Pipe(duplex=False)
         self._outbox, child_outbox = context.Pipe(duplex=False)

@@ -27,6 +27,9 @@ class Queue(commands.Cog):
             f"**Queue:** {running} running, {total} waiting"
             + (" — ⏸️ paused by the moderators" if scheduler.paused else "")
         ]
+        loading = scheduler.readiness().describe()
+        if loading:
+            lines.append(f"⏳ Starting up: {loading}; jobs wait and start when it is ready.")
         if not mine:
             lines.append("You have no jobs in the queue. Start one with /imagine.")
         shown = 15  # keeps the answer inside Discord's 2000 characters
