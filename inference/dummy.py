@@ -37,9 +37,17 @@ def _byte_level_tokenizer_files(folder: Path) -> None:
 
 
 def build_dummy_pipeline(
-    preset: str = "tiny", *, always_flag: bool = False, seed: int = 0
+    preset: str = "tiny",
+    *,
+    always_flag: bool = False,
+    seed: int = 0,
+    native_size: int | None = None,
 ) -> Any:  # a diffusers StableDiffusionPipeline
-    """A `StableDiffusionPipeline` with random weights of the given architecture."""
+    """A `StableDiffusionPipeline` with random weights of the given architecture.
+
+    `native_size` changes only the size the model calls native (its UNet's `sample_size`),
+    not its architecture: `sd15` at 128 px costs what Stable Diffusion 1.5 costs at 128 px.
+    """
     import tempfile
 
     import torch
@@ -75,7 +83,7 @@ def build_dummy_pipeline(
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64),
             layers_per_block=1,
-            sample_size=8,
+            sample_size=(native_size or 64) // 8,
             in_channels=4,
             out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -84,6 +92,7 @@ def build_dummy_pipeline(
             attention_head_dim=4,
             norm_num_groups=8,
         )
+
         vae = AutoencoderKL(
             block_out_channels=(8, 16, 16, 16),
             in_channels=3,
@@ -106,7 +115,7 @@ def build_dummy_pipeline(
         )
     else:
         unet = UNet2DConditionModel(
-            sample_size=64,
+            sample_size=(native_size or 512) // 8,
             layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -217,10 +226,14 @@ def save_dummy_preview_decoder(folder: str | Path, *, seed: int = 0) -> Path:
 
 
 def save_dummy_model(
-    folder: str | Path, preset: str = "tiny", *, always_flag: bool = False
+    folder: str | Path,
+    preset: str = "tiny",
+    *,
+    always_flag: bool = False,
+    native_size: int | None = None,
 ) -> Path:
     """Write a random-weight pipeline to `folder` in diffusers layout and return the folder."""
     folder = Path(folder)
-    pipe = build_dummy_pipeline(preset, always_flag=always_flag)
+    pipe = build_dummy_pipeline(preset, always_flag=always_flag, native_size=native_size)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -3,10 +3,14 @@ ones for reads, transactions, migrations.
 
 `<data>/easel.sqlite3` in WAL mode with `busy_timeout` and foreign keys on. In WAL mode readers
 never block the writer nor each other, so a moderator's slow search (a `contains:` over a
-million rows) does not hold up /imagine's writes or its quick reads. The schema lives in
-numbered files `bot/db/migrations/NNN_name.sql`, applied in one transaction; the version is
-`PRAGMA user_version`. A database newer than this code is refused with `SchemaTooNewError`.
-Times are UTC: stored as Unix seconds, handed out as aware `datetime`s.
+million rows) does not hold up /imagine's writes or its quick reads. The WAL is checkpointed
+every few seconds from a connection of its own, not by whichever commit crosses SQLite's
+threshold: with a long read open, those automatic checkpoints made every commit slow.
+
+The schema lives in numbered files `bot/db/migrations/NNN_name.sql`, applied in one
+transaction; the version is `PRAGMA user_version`. A database newer than this code is
+refused with `SchemaTooNewError`. Times are UTC: stored as Unix seconds, handed out as aware
+`datetime`s.
 
 The repositories (one module per table family beside this one) share a `Database`:
 
@@ -197,6 +201,8 @@ class Database:
         *,
         clock: Callable[[], float] = time.time,
         readers: Sequence[aiosqlite.Connection] = (),
+        checkpointer: aiosqlite.Connection | None = None,
+        checkpoint_every: float = 5.0,
     ):
         self._conn = conn
         self.path = path
@@ -208,6 +214,12 @@ class Database:
         self._free: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         for reader in self._readers:
             self._free.put_nowait(reader)
+        self._checkpointer = checkpointer
+        self._checkpoints: asyncio.Task[None] | None = None
+        if checkpointer is not None:
+            self._checkpoints = asyncio.create_task(
+                self._checkpoint_loop(checkpointer, checkpoint_every), name="easel-checkpoints"
+            )
         self._closed = False
 
     @classmethod
@@ -220,6 +232,7 @@ class Database:
         busy_timeout_ms: int = 5000,
         synchronous: str = "FULL",
         read_connections: int = 3,
+        checkpoint_every: float = 5.0,
     ) -> AsyncIterator[Database]:
         """`async with Database.open(path) as db:` — created and migrated as needed.
 
@@ -234,6 +247,7 @@ class Database:
             busy_timeout_ms=busy_timeout_ms,
             synchronous=synchronous,
             read_connections=read_connections,
+            checkpoint_every=checkpoint_every,
         )
         try:
             yield db
@@ -249,6 +263,7 @@ class Database:
         busy_timeout_ms: int = 5000,
         synchronous: str = "FULL",
         read_connections: int = 3,
+        checkpoint_every: float = 5.0,
     ) -> Database:
         """Open without a context manager (close it with `await db.close()`)."""
         if synchronous.upper() not in SYNCHRONOUS_MODES:
@@ -269,6 +284,7 @@ class Database:
             await conn.close()
             raise
         readers: list[aiosqlite.Connection] = []
+        checkpointer: aiosqlite.Connection | None = None
         try:
             for _ in range(max(0, int(read_connections))):
                 reader = await aiosqlite.connect(path, isolation_level=None)
@@ -276,19 +292,44 @@ class Database:
                 reader.row_factory = sqlite3.Row
                 await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
                 await reader.execute("PRAGMA query_only = ON")
+            if readers:
+                # Checkpoints move off the commits (see the module docstring).
+                await conn.execute("PRAGMA wal_autocheckpoint = 0")
+                checkpointer = await aiosqlite.connect(path, isolation_level=None)
+                await checkpointer.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except BaseException:
             for reader in readers:
                 await reader.close()
             await conn.close()
             raise
-        return cls(conn, path, clock=clock, readers=readers)
+        return cls(
+            conn,
+            path,
+            clock=clock,
+            readers=readers,
+            checkpointer=checkpointer,
+            checkpoint_every=checkpoint_every,
+        )
+
+    async def _checkpoint_loop(self, conn: aiosqlite.Connection, every: float) -> None:
+        """Copy the WAL into the database now and then; PASSIVE waits for no one."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as error:  # busy or a disk problem: the next round tries again
+                log.warning("WAL checkpoint failed: %s", error)
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        for reader in self._readers:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        for reader in [*self._readers, *([self._checkpointer] if self._checkpointer else [])]:
             with contextlib.suppress(Exception):
                 await reader.close()
         async with self._lock:

@@ -340,6 +340,36 @@ def test_torch_compile_gives_the_same_image(tiny_model_dir):
     assert np.abs(pixels(a.images[0].png) - pixels(b.images[0].png)).max() <= 1
 
 
+@pytest.mark.slow
+def test_compile_warm_up_leaves_no_member_a_recompile(tiny_model_dir):
+    """model.compile: after the warm-up at load, every batch size, aspect, guidance and
+    upscale size runs without compiling anything (dynamo counts graphs; the eager backend
+    keeps this to tracing, ~1 min on a CPU)."""
+    from torch._dynamo.utils import counters
+
+    config = EngineConfig(
+        model=tiny_model_dir,
+        device="cpu",
+        compile=True,
+        max_images=8,
+        extra={"compile_backend": "eager"},
+    )
+    engine = Engine(config).load()
+    assert engine.compiled_graphs >= 2 and engine.compile_seconds > 0
+    assert engine.pipe.unet.attn_processors  # fused projections kept working processors
+    before = int(counters["stats"]["unique_graphs"])
+    jobs = [
+        [request(width=80, height=48, count=3, guidance=0.0)],  # wide, no guidance
+        [request(width=48, height=80, count=2, guidance=5.0)],  # tall
+        [request(job_id="a", count=4, seed=1), request(job_id="b", count=4, seed=9)],  # 8
+        [request(count=1, guidance=1.0)],  # guidance 1 runs without classifier-free guidance
+        [request(width=128, height=128)],  # an upscale's size
+    ]
+    for batch in jobs:
+        assert all(result.ok for result in engine.run(batch))
+    assert int(counters["stats"]["unique_graphs"]) == before
+
+
 def test_previews_pass_the_safety_checker_first(flagging_model_dir, clock):
     """A preview the safety checker flags is never sent (previews are shown before results)."""
     engine = Engine(

@@ -46,3 +46,18 @@ async def test_readers_are_read_only_and_can_be_turned_off(tmp_path):
         assert db._readers == []
         await db.write("INSERT INTO bot_state (key, value) VALUES ('x', 'y')")
         assert (await db.one("SELECT value FROM bot_state WHERE key = 'x'"))[0] == "y"
+
+
+async def test_the_wal_is_checkpointed_in_the_background(tmp_path):
+    """Commits no longer checkpoint; the checkpointer copies the WAL into the database file."""
+    path = tmp_path / "easel.sqlite3"
+    async with Database.open(path, checkpoint_every=0.1) as db:
+        assert await db.pragma("wal_autocheckpoint") == 0
+        for i in range(50):
+            await db.write("INSERT INTO bot_state (key, value) VALUES (?, 'v')", (f"k{i}",))
+        await asyncio.sleep(0.5)
+        # The main file alone (a copy without its -wal) already holds the rows.
+        copy = tmp_path / "copy.sqlite3"
+        copy.write_bytes(path.read_bytes())
+        with sqlite3.connect(copy) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM bot_state").fetchone()[0] == 50
