@@ -64,9 +64,14 @@ class Bare:
     def __init__(self, folder: Path, native: int):
         import torch
         from diffusers import StableDiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
         from inference.samplers import make_scheduler
 
+        for library in (diffusers_logging, transformers_logging):
+            library.set_verbosity_error()
+            library.disable_progress_bar()
         torch.set_num_threads(1)
         self.torch = torch
         self.native = native
