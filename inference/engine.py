@@ -302,16 +302,18 @@ class Engine:
         """The GPU path: channels-last memory, fused attention projections, and the UNet and
         the VAE decoder compiled (shapes are settled by `_warm_up`)."""
         import torch
+        import torch._dynamo.config as dynamo_config
+        import torch._inductor.config as inductor_config
 
         backend = str(self.config.extra.get("compile_backend", "inductor"))
         mode = self.config.extra.get("compile_mode")  # e.g. "max-autotune" (benchmarks)
         # Every batch size and aspect gets its graph during the warm-up; none may fall back to
         # eager for hitting dynamo's recompile limit.
         for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
         if backend == "inductor":
-            torch._inductor.config.conv_1x1_as_mm = True
+            inductor_config.conv_1x1_as_mm = True
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
         if hasattr(pipe, "fuse_qkv_projections"):

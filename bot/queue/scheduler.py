@@ -2,8 +2,8 @@
 
 `Scheduler` wraps `FairQueue` with the database (every state change is written before it is
 acted on) and the worker. It does not decide who may queue: `bot/services/admission.py` does,
-then calls `submit`. Nothing here imports discord or torch; the worker is anything with `run()`
-and `cancel()`.
+then calls `submit`. Nothing here imports discord or torch; the worker is anything with `run()`,
+`cancel()`, `wait_ready()` and `readiness()` (`WorkerLike`).
 
     scheduler = Scheduler(repos, worker, max_batch=4, batch_window=0.04)
     scheduler.add_listener(listener)   # a SchedulerListener
