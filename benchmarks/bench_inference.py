@@ -246,7 +246,7 @@ def main() -> None:
         asyncio.run(worker_numbers(tiny))
         if not args.skip_sd15:
             sd15 = save_dummy_model(Path(tmp) / "sd15", "sd15", native_size=128)
-            cpu(sd15, "SD 1.5 architecture, real-size checker", 128, 25, args.pairs or 3)
+            cpu(sd15, "SD 1.5 architecture, real-size checker", 128, 4, args.pairs or 3)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,8 @@ async def bot_job(fd: FakeDiscord, member, prompt: str, seed: int) -> tuple[floa
     )
     elapsed = time.perf_counter() - started
     await fd.wait_until(lambda: status.deleted, timeout=30)  # done with it before the next
-    previews = sum(1 for h in status.history if h.get("attachments"))
+    # Each preview is a new attachment; edits without one keep the last.
+    previews = len({a["id"] for h in status.history for a in h.get("attachments") or []})
     return elapsed, previews
 
 
@@ -177,12 +178,13 @@ async def run_preset(preset: str, root: Path, pairs: int) -> None:
             for i in range(pairs):
                 seed = 1000 + i
                 # Interleaved, alternating which goes first, so drifts hit both alike.
+                # The bare call runs in a thread so the fake Discord keeps answering meanwhile.
                 if i % 2:
-                    b = bare(f"a fox {i}", seed)
+                    b = await asyncio.to_thread(bare, f"a fox {i}", seed)
                     t, p = await bot_job(fd, member, f"a fox {i}", seed)
                 else:
                     t, p = await bot_job(fd, member, f"a fox {i}", seed)
-                    b = bare(f"a fox {i}", seed)
+                    b = await asyncio.to_thread(bare, f"a fox {i}", seed)
                 bots.append(t)
                 bares.append(b)
                 ratios.append(t / b)

@@ -47,8 +47,9 @@ LATENT_TO_RGB = (
     (-0.2120, -0.2616, -0.7177),
 )
 PREVIEW_SIDE = 256
-# Previews (decode, safety check, encode) may take at most this share of a job's time: on a GPU
-# that is one every progress interval; on a CPU with a full-size safety checker, fewer.
+# Previews (decode, safety check, encode) may take at most this share of a job's time so far:
+# on a GPU that is one every progress interval; on a CPU with a full-size safety checker (a
+# second or more each), the first comes late in a long job and short jobs have none.
 PREVIEW_BUDGET = 0.03
 PREVIEW_JPEG_QUALITY = 80
 # zlib level of result PNGs: level 1 is several times faster than PIL's default 6 for a few per
@@ -197,7 +198,11 @@ class Engine:
         self._oom_injections = int(config.extra.get("fail_oom_above", 0))
         self._preview_decoder: Any = None
         self._on_preview: PreviewCallback | None = None
+        self._run_started = 0.0
         self._next_preview = 0.0
+        self._preview_spent = 0.0
+        # Seconds one preview image costs here (measured at load, then at every preview).
+        self._preview_each = 0.0
         self._preview_blocked: set[int] = set()
         # Seconds the compile warm-up took and how many graphs it compiled (0 without compile).
         self.compile_seconds = 0.0
@@ -277,7 +282,9 @@ class Engine:
             except Exception as error:
                 raise ModelLoadError(_explain_load_error(self.config.upscaler, error)) from None
             self._upscaler.set_progress_bar_config(disable=True)
-        if self.config.compile:
+        if self.config.preview_interval > 0:
+            self._preview_each = self._measure_preview()
+        if self.config.compile and not self.config.extra.get("skip_warmup"):
             if on_phase is not None:
                 on_phase("warming up")
             self._warm_up()
@@ -286,6 +293,24 @@ class Engine:
             "Loaded %s on %s (%s) in %.1f s", model, self.device, self.dtype, self.load_seconds
         )
         return self
+
+    def _measure_preview(self) -> float:
+        """Seconds one preview takes (its decode, safety check and JPEG), so even the first
+        preview of a job keeps to PREVIEW_BUDGET. The second of two runs: the first warms up."""
+        import torch
+
+        side = max(1, self.native_size // self.vae_scale_factor)
+        latents = torch.zeros(1, 4, side, side, device=self.device, dtype=self.dtype)
+        seconds = 0.0
+        for _ in range(2):
+            started = time.perf_counter()
+            with torch.inference_mode():
+                images = self._preview_images(latents)
+                self._safety_flags(images)
+                pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            _jpeg(pixels.numpy()[0])
+            seconds = time.perf_counter() - started
+        return seconds
 
     def _load_preview_decoder(self, name: str) -> Any:
         from diffusers import AutoencoderTiny
@@ -415,7 +440,9 @@ class Engine:
         the first one interval after the start, none at the last step.
         """
         self._on_preview = on_preview if self.config.preview_interval > 0 else None
-        self._next_preview = time.perf_counter() + self.config.preview_interval
+        self._run_started = time.perf_counter()
+        self._next_preview = self._run_started + self.config.preview_interval
+        self._preview_spent = 0.0
         self._preview_blocked = set()
         try:
             return self._run(batch, on_progress, cancelled)
@@ -596,6 +623,10 @@ class Engine:
             and position < latents.shape[0]
             and slot.request_index not in self._preview_blocked
         ]
+        # Within budget: all previews so far and this one, against the job's time so far.
+        expected = self._preview_each * len(wanted)
+        if self._preview_spent + expected > PREVIEW_BUDGET * (started - self._run_started):
+            return
         if wanted:
             with torch.inference_mode():
                 images = self._preview_images(latents[[position for position, _ in wanted]])
@@ -608,9 +639,11 @@ class Engine:
                     self._preview_blocked.add(request_index)
                 else:
                     self._on_preview(request_index, _jpeg(image))
-        # Previews stay within their share of the time, however slow the checker is here.
         cost = time.perf_counter() - started
-        self._next_preview = started + max(self.config.preview_interval, cost / PREVIEW_BUDGET)
+        self._preview_spent += cost
+        if wanted:
+            self._preview_each = cost / len(wanted)
+        self._next_preview = started + self.config.preview_interval
 
     def _preview_images(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (N, 4, h, w) to small images (N, 3, H, W) in [0, 1], longer side
