@@ -140,7 +140,9 @@ async def test_a_first_download_reports_its_progress(tmp_path, monkeypatch, capf
     try:
         await asyncio.sleep(1.0)  # the watcher has taken its first look
         blobs.mkdir(parents=True)
-        (blobs / "abc.incomplete").write_bytes(b"\0" * 25_000_000)
+        partial = tmp_path / "partial"
+        partial.write_bytes(b"\0" * 25_000_000)
+        partial.rename(blobs / "abc.incomplete")  # all at once, as far as the watcher sees
         while worker.readiness().phase != "downloading":
             await asyncio.sleep(0.05)
         readiness = worker.readiness()
