@@ -167,22 +167,42 @@ async def worker_numbers(folder: Path) -> None:
         print(f"  peak RSS of the worker: {worker.stats.get('peak_rss_mb', 0):.0f} MiB")
 
 
-def gpu(folder: Path, modes: list[str], batches: list[int], pairs: int, compile_mode: str) -> None:
+def gpu(
+    folder: Path,
+    modes: list[str],
+    batches: list[int],
+    pairs: int,
+    compile_mode: str,
+    *,
+    smoke: bool = False,
+) -> None:
+    """SD 1.5's architecture at 512², 25 steps, fp16 on CUDA. `smoke`: the same code on the
+    CPU with the tiny model (2 steps, dynamo's eager backend), to check this script anywhere."""
     import torch
 
-    def sync() -> None:
-        torch.cuda.synchronize()
+    device, dtype, size, steps = "cuda", "float16", 512, 25
+    extra: dict[str, Any] = {"compile_mode": compile_mode} if compile_mode else {}
+    if smoke:
+        device, dtype, size, steps = "cpu", "float32", 64, 2
+        extra = {"compile_backend": "eager"}
 
-    print(f"SD 1.5 architecture on {torch.cuda.get_device_name()}, 512², 25 steps, fp16:")
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def peak_gib() -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke run)"
+    print(f"SD 1.5 architecture on {name}, {size}², {steps} steps, {dtype}:")
     per_image: dict[tuple[str, int], float] = {}
     for mode in modes:
-        extra = {"compile_mode": compile_mode} if compile_mode else {}
         started = time.perf_counter()
         engine = Engine(
             engine_config(
                 folder,
-                device="cuda",
-                dtype="float16",
+                device=device,
+                dtype=dtype,
                 compile=mode == "compiled",
                 max_images=max(batches),
                 extra=extra,
@@ -199,18 +219,20 @@ def gpu(folder: Path, modes: list[str], batches: list[int], pairs: int, compile_
             )
         )
         for batch in batches:
-            torch.cuda.reset_peak_memory_stats()
-            ours, theirs = paired(engine, 512, 25, batch, pairs, sync)
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            print_pair(f"{mode} batch {batch} (peak {peak:.2f} GiB)", ours, theirs, 25, batch)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            ours, theirs = paired(engine, size, steps, batch, pairs, sync)
+            label = f"{mode} batch {batch} (peak {peak_gib():.2f} GiB)"
+            print_pair(label, ours, theirs, steps, batch)
             per_image[(mode, batch)] = statistics.median(ours) / batch
         if 1 in batches:
             ips = {b: 1 / per_image[(mode, b)] for b in batches if (mode, b) in per_image}
             gains = ", ".join(f"batch {b}: {ips[b] / ips[1]:.2f}×" for b in batches if b != 1)
             print(f"  {mode} images/s over batch 1: {gains}")
-        print(f"  PNG encoding in the bot: {png_cost(engine, 512) * 1e3:.1f} ms per 512² image")
+        print(f"  PNG encoding in the bot: {png_cost(engine, size) * 1e3:.1f} ms per image")
         del engine
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     print(
         "  targets: compiled batch 1 ≥ 60 it/s; Easel / bare ≤ 1.05×; batch 8 ≥ 1.5× the "
         "images/s of batch 1"
@@ -226,8 +248,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,8", help="GPU batch sizes")
     parser.add_argument("--pairs", type=int, default=0, help="default: 5 GPU, 10 tiny, 3 sd15")
     parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--gpu-smoke", action="store_true", help="the --gpu code, on a CPU")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.gpu_smoke:
+            tiny = save_dummy_model(Path(tmp) / "tiny", "tiny")
+            gpu(tiny, ["eager", "compiled"], [1, 2], 1, "", smoke=True)
+            return
         if args.gpu:
             modes = ["eager", "compiled"]
             if args.no_compile:

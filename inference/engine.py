@@ -346,8 +346,10 @@ class Engine:
                 pipe.fuse_qkv_projections()
             except Exception as error:  # e.g. a VAE other than AutoencoderKL
                 log.warning("Attention projections not fused: %s", error)
-        pipe.unet.compile(backend=backend, mode=mode)
-        pipe.vae.decoder.compile(backend=backend, mode=mode)
+        # None: dynamo marks a dimension dynamic once it sees it change (the warm-up does).
+        dynamic = self.config.extra.get("compile_dynamic")
+        pipe.unet.compile(backend=backend, mode=mode, dynamic=dynamic)
+        pipe.vae.decoder.compile(backend=backend, mode=mode, dynamic=dynamic)
 
     def warmup_shapes(self) -> list[tuple[int, int, int, float]]:
         """(images, width, height, guidance) of the compile warm-up, in order.
