@@ -441,6 +441,7 @@ class Worker:
             error = ModelLoadError(f"The model did not load within {self.start_timeout:.0f} s.")
             if not ready.done():
                 ready.set_exception(error)
+                ready.exception()  # retrieved: raised here
             raise error from None
         except asyncio.CancelledError:
             raise
