@@ -126,8 +126,9 @@ def gen_id_of(message) -> int:
     return int(message.content.split("**#")[1].split("**")[0])
 
 
-async def bot_job(fd: FakeDiscord, member, prompt: str, seed: int) -> tuple[float, int]:
-    """Seconds from the interaction to the posted result, and how many previews were shown."""
+async def bot_job(fd: FakeDiscord, member, prompt: str, seed: int) -> tuple[float, int, int]:
+    """Seconds from the interaction to the posted result, how many previews were shown, and
+    the job's id."""
     started = time.perf_counter()
     handle = await fd.invoke(member, "imagine", {"prompt": prompt, "seed": seed})
     status = (await handle.response(timeout=30)).message
@@ -140,7 +141,18 @@ async def bot_job(fd: FakeDiscord, member, prompt: str, seed: int) -> tuple[floa
     await fd.wait_until(lambda: status.deleted, timeout=30)  # done with it before the next
     # Each preview is a new attachment; edits without one keep the last.
     previews = len({a["id"] for h in status.history for a in h.get("attachments") or []})
-    return elapsed, previews
+    return elapsed, previews, gen_id
+
+
+def pipeline_seconds(data: Path, ids: list[int]) -> dict[int, float]:
+    """The worker's own time for each job's pipeline call (`timings.batch` in the log)."""
+    import json
+
+    with sqlite3.connect(data / "easel.sqlite3") as conn:
+        rows = conn.execute(
+            f"SELECT id, timings FROM generations WHERE id IN ({','.join('?' * len(ids))})", ids
+        ).fetchall()
+    return {gen_id: json.loads(timings)["batch"] for gen_id, timings in rows}
 
 
 async def simultaneous(fd: FakeDiscord, data: Path, n: int = 8) -> list[int]:
@@ -174,21 +186,24 @@ async def run_preset(preset: str, root: Path, pairs: int) -> None:
         async with FakeDiscord() as fd, python_m_bot(fd, folder, data):
             member = fd.add_member("bench")
             await bot_job(fd, member, "warm-up", 0)  # waits for the model to load, too
-            bots, bares, ratios, previews = [], [], [], 0
+            bots, bares, ratios, previews, ids = [], [], [], 0, []
             for i in range(pairs):
                 seed = 1000 + i
                 # Interleaved, alternating which goes first, so drifts hit both alike.
                 # The bare call runs in a thread so the fake Discord keeps answering meanwhile.
                 if i % 2:
                     b = await asyncio.to_thread(bare, f"a fox {i}", seed)
-                    t, p = await bot_job(fd, member, f"a fox {i}", seed)
+                    t, p, gen_id = await bot_job(fd, member, f"a fox {i}", seed)
                 else:
-                    t, p = await bot_job(fd, member, f"a fox {i}", seed)
+                    t, p, gen_id = await bot_job(fd, member, f"a fox {i}", seed)
                     b = await asyncio.to_thread(bare, f"a fox {i}", seed)
+                ids.append(gen_id)
                 bots.append(t)
                 bares.append(b)
                 ratios.append(t / b)
                 previews += p
+            inside = pipeline_seconds(data, ids)
+            own = [t - inside[g] for t, g in zip(bots, ids, strict=True)]
             batches = await simultaneous(fd, data)
     threads = os.environ["OMP_NUM_THREADS"]
     print(
@@ -201,6 +216,10 @@ async def run_preset(preset: str, root: Path, pairs: int) -> None:
         f"  bot / bare, per pair                         {spread(ratios, '×')}"
         f"   (target ≤ {TARGETS[preset]:.2f}×: "
         f"{'met' if statistics.median(ratios) <= TARGETS[preset] else 'missed'} at the median)"
+    )
+    print(
+        f"  the bot's own time per job (round trip − the worker's pipeline call) "
+        f"{spread(own, 'ms', 1e3)}"
     )
     its = [STEPS / b for b in bares]
     print(f"  bare call in UNet steps per second          {spread(its, 'it/s')}")

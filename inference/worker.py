@@ -134,6 +134,8 @@ class Readiness:
 
 # Until a model has been loaded once here, this is the guess of how long loading takes.
 FIRST_LOAD_GUESS_SECONDS = 30.0
+# Seconds between two progress messages from the worker (the bot edits far less often).
+PROGRESS_EVERY = 0.05
 
 CRASHED_TWICE = (
     "The image worker crashed twice while making this image, so it was skipped; "
@@ -288,15 +290,23 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
     threading.Thread(target=listen, name="easel-worker-inbox", daemon=True).start()
     while (run := jobs.get()) is not None:
         previews: dict[int, bytes] = {}
+        last_sent = [0.0]
 
         def progress(
             step: int,
             total: int,
             batch_id: int = run.batch_id,
             previews: dict[int, bytes] = previews,
+            last_sent: list[float] = last_sent,
         ) -> None:
             if step_delay:
                 time.sleep(step_delay)  # test hook: leaves time to cancel or kill mid-run
+            now = time.monotonic()
+            # The bot shows a step at most every progress interval: fewer messages, fewer
+            # wake-ups of its event loop while the GPU works. Previews and the last step go.
+            if not previews and step < total and now - last_sent[0] < PROGRESS_EVERY:
+                return
+            last_sent[0] = now
             send(Progress(batch_id, step, total, dict(previews)))
             previews.clear()
 
