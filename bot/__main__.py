@@ -68,13 +68,15 @@ def setup_logging() -> None:
     logging.getLogger("discord.client").setLevel(logging.WARNING)
 
 
-def build_workers(settings: Settings) -> WorkerBackend:
+def build_workers(
+    settings: Settings, *, expected_load_seconds: float | None = None
+) -> WorkerBackend:
     """The local pool (one process per device) or the Ray cluster's GPUs, not yet started."""
     w = settings.workers
     if w.backend == "ray":
         from inference.ray_backend import RayPool  # Ray is an optional extra
 
-        return RayPool(
+        ray = RayPool(
             settings.engine,
             address=w.ray_address,
             resource=w.ray_resource,
@@ -82,11 +84,14 @@ def build_workers(settings: Settings) -> WorkerBackend:
             start_timeout=settings.model.load_timeout,
             restart_delay=w.restart_delay,
         )
+        ray.expected_load_seconds = expected_load_seconds
+        return ray
     return LocalPool(
         settings.engine,
         settings.worker_devices,
         start_timeout=settings.model.load_timeout,
         restart_delay=w.restart_delay,
+        expected_load_seconds=expected_load_seconds,
     )
 
 
@@ -100,6 +105,7 @@ def build_scheduler(
         max_batch=q.batch_size,
         # Cost is pixels × steps × images; the setting is in megapixel-steps per second.
         initial_cost_per_second=q.initial_mpix_steps_per_second * 1e6,
+        batch_window=q.batch_window_ms / 1000,
     )
 
 
@@ -157,6 +163,8 @@ class _Termination:
 
 
 async def run(settings: Settings, termination: _Termination | None = None) -> None:
+    """Online as soon as Discord accepts the token, while the model loads; jobs queue
+    meanwhile. A model that cannot load stops the bot with its one-line reason."""
     termination = termination or _Termination()
     termination.install()
     point_discord_py_at(settings.discord.api_base, settings.discord.gateway_url)
@@ -164,8 +172,11 @@ async def run(settings: Settings, termination: _Termination | None = None) -> No
     ensure_writable_folder(settings.images_dir, "image folder")
     async with Database.open(settings.database_path) as db:
         repos = Repositories.on(db, images_dir=settings.images_dir)
-        # Started by the bot's setup hook, once Discord has accepted the token.
-        workers = build_workers(settings)
+        # Started by the bot's setup hook, once Discord has accepted the token; how long the
+        # last load took makes "the model is loading, about N s".
+        workers = build_workers(
+            settings, expected_load_seconds=await repos.state.load_seconds(settings.model.id)
+        )
         try:
             async with (
                 aiohttp.ClientSession() as http_session,
@@ -184,6 +195,8 @@ async def run(settings: Settings, termination: _Termination | None = None) -> No
                         f"Discord answered {error.status} at start-up; try again in a minute."
                     ) from None
                 await bot.connect()
+                if bot.startup_error is not None:  # the model could not load
+                    raise bot.startup_error
         finally:
             await workers.stop(grace=STOP_GRACE if termination.requested else 10.0)
 

@@ -77,6 +77,7 @@ class ModelSettings:
     safety_checker: bool = True
     upscaler: str = ""
     inpaint: str = ""
+    preview_decoder: str = ""
     load_timeout: float = field(default=900, metadata=_range(1))
 
 
@@ -115,6 +116,7 @@ class QueueSettings:
     max_waiting_per_user: int = field(default=5, metadata=_range(0))
     daily_quota: int = field(default=0, metadata=_range(0))
     batch_size: int = field(default=4, metadata=_range(1, 64))
+    batch_window_ms: int = field(default=40, metadata=_range(0, 2000))
     initial_mpix_steps_per_second: float = field(default=10.0, metadata=_range(0.001))
 
 
@@ -216,6 +218,11 @@ class Settings:
                 frame_side=self.lab.frame_side,
                 max_words=self.lab.max_words,
             ),
+            preview_decoder=m.preview_decoder,
+            # The scheduler encodes the PNGs while the GPU runs the next batch.
+            defer_png=True,
+            max_images=self.queue.batch_size * self.generation.max_count,
+            max_pixels=self.generation.max_pixels,
         )
 
     @property

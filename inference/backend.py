@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -19,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from .engine import ModelLoadError
 from .request import GenerationRequest, GenerationResult
-from .worker import JobProgress, WorkerCrashed
+from .worker import FIRST_LOAD_GUESS_SECONDS, READY, JobProgress, Readiness, WorkerCrashed
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ class WorkerBackend(Protocol):
 
     def statuses(self) -> list[WorkerStatus]: ...
 
+    def readiness(self) -> Readiness:
+        """Ready once any worker is up; before that, how far loading has got."""
+        ...
+
     async def screen(self, pngs: list[bytes]) -> list[bool]:
         """Screen images (an upload) with the checker of the first free worker, ahead of new
         batches."""
@@ -142,6 +147,9 @@ class Pool:
         self._first_ready = asyncio.Event()
         self.info: dict[str, object] = {}  # the first ready worker's info (native size, …)
         self._started = False
+        # How long loading took last time (the bot remembers it), for "about N s".
+        self.expected_load_seconds: float | None = None
+        self._started_at = time.monotonic()
 
     @property
     def started(self) -> bool:
@@ -156,6 +164,30 @@ class Pool:
 
     def statuses(self) -> list[WorkerStatus]:
         return [member.status for member in self._members.values()]
+
+    def readiness(self) -> Readiness:
+        """Ready once any worker is up; before that, the loading worker that will be ready
+        first (a first download, whose end is unknown, is reported as such)."""
+        members = list(self._members.values())
+        if any(member.status.state in UP for member in members):
+            return READY
+        readings = [self._member_readiness(m.slot) for m in members]
+        downloading = [r for r in readings if r.phase == "downloading"]
+        if downloading:
+            return max(downloading, key=lambda r: r.downloaded_bytes)
+        known = [r for r in readings if r.seconds_left is not None]
+        if known:
+            return min(known, key=lambda r: r.seconds_left or 0.0)
+        return self._guess_readiness()
+
+    def _member_readiness(self, slot: Slot) -> Readiness:
+        """A loading member's own report, where its kind of worker gives one."""
+        return self._guess_readiness()
+
+    def _guess_readiness(self) -> Readiness:
+        expected = self.expected_load_seconds or FIRST_LOAD_GUESS_SECONDS
+        left = max(5.0, expected - (time.monotonic() - self._started_at))
+        return Readiness(False, "loading", seconds_left=left)
 
     def subscribe(self, callback: Callable[[WorkerStatus], None]) -> None:
         self._subscribers.append(callback)

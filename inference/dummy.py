@@ -37,9 +37,17 @@ def _byte_level_tokenizer_files(folder: Path) -> None:
 
 
 def build_dummy_pipeline(
-    preset: str = "tiny", *, always_flag: bool = False, seed: int = 0
+    preset: str = "tiny",
+    *,
+    always_flag: bool = False,
+    seed: int = 0,
+    native_size: int | None = None,
 ) -> Any:  # a diffusers StableDiffusionPipeline
-    """A `StableDiffusionPipeline` with random weights of the given architecture."""
+    """A `StableDiffusionPipeline` with random weights of the given architecture.
+
+    `native_size` changes only the size the model calls native (its UNet's `sample_size`),
+    not its architecture: `sd15` at 128 px costs what Stable Diffusion 1.5 costs at 128 px.
+    """
     import tempfile
 
     import torch
@@ -75,7 +83,7 @@ def build_dummy_pipeline(
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64),
             layers_per_block=1,
-            sample_size=8,
+            sample_size=(native_size or 64) // 8,
             in_channels=4,
             out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -84,6 +92,7 @@ def build_dummy_pipeline(
             attention_head_dim=4,
             norm_num_groups=8,
         )
+
         vae = AutoencoderKL(
             block_out_channels=(8, 16, 16, 16),
             in_channels=3,
@@ -106,7 +115,7 @@ def build_dummy_pipeline(
         )
     else:
         unet = UNet2DConditionModel(
-            sample_size=64,
+            sample_size=(native_size or 512) // 8,
             layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -133,7 +142,30 @@ def build_dummy_pipeline(
             **special,
         )
     text_encoder = CLIPTextModel(text_config)
+    if preset == "tiny":
+        vision: dict[str, Any] = {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        }
+        projection = 32
+    else:
+        # The real checker's size (CLIP ViT-L/14 vision tower): a toy one would hide its cost.
+        vision = {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 24,
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        }
+        projection = 768
     safety_config = CLIPConfig(
+        # The checker uses only the vision tower; the text side stays minimal.
         text_config={
             "hidden_size": 32,
             "intermediate_size": 37,
@@ -144,15 +176,8 @@ def build_dummy_pipeline(
             "eos_token_id": 1,
             "pad_token_id": 1,
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": 224,
-            "patch_size": 32,
-        },
-        projection_dim=32,
+        vision_config=vision,
+        projection_dim=projection,
     )
     safety_checker = StableDiffusionSafetyChecker(safety_config)
     if always_flag:
@@ -181,11 +206,34 @@ def build_dummy_pipeline(
     )
 
 
+def save_dummy_preview_decoder(folder: str | Path, *, seed: int = 0) -> Path:
+    """A tiny random `AutoencoderTiny` (TAESD's layout, 8× upsampling, ~20 k parameters) in
+    diffusers layout, for `model.preview_decoder` in tests and offline checks."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    decoder: Any = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+    folder = Path(folder)
+    decoder.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def save_dummy_model(
-    folder: str | Path, preset: str = "tiny", *, always_flag: bool = False
+    folder: str | Path,
+    preset: str = "tiny",
+    *,
+    always_flag: bool = False,
+    native_size: int | None = None,
 ) -> Path:
     """Write a random-weight pipeline to `folder` in diffusers layout and return the folder."""
     folder = Path(folder)
-    pipe = build_dummy_pipeline(preset, always_flag=always_flag)
+    pipe = build_dummy_pipeline(preset, always_flag=always_flag, native_size=native_size)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
     from .lab.tools import LabTools
 
-    # A decoded image: (H, W, 3) floats in [0, 1]; None where out-of-memory left a hole.
-    Pixels = npt.NDArray[np.float32]
+    # A decoded image: (H, W, 3) bytes; None where out-of-memory left a hole.
+    Pixels = npt.NDArray[np.uint8]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,14 @@ LATENT_TO_RGB = (
     (-0.2120, -0.2616, -0.7177),
 )
 PREVIEW_SIDE = 256
+# Previews (decode, safety check, encode) may take at most this share of a job's time so far:
+# on a GPU that is one every progress interval; on a CPU with a full-size safety checker (a
+# second or more each), the first comes late in a long job and short jobs have none.
+PREVIEW_BUDGET = 0.03
+PREVIEW_JPEG_QUALITY = 80
+# zlib level of result PNGs: level 1 is several times faster than PIL's default 6 for a few per
+# cent more bytes (and the same seed still gives the same bytes).
+PNG_COMPRESS_LEVEL = 1
 CancelCheck = Callable[[], Iterable[str]]
 
 
@@ -79,8 +87,18 @@ class EngineConfig:
     # Optional inpainting checkpoint for Zoom out and Pan; empty = the base model's own
     # components through AutoPipelineForInpainting.from_pipe (nothing more to download).
     inpaint: str = ""
-    # Seconds between cheap progress previews (latents mapped straight to RGB); 0 = none.
+    # Seconds between cheap progress previews; 0 = none. The first comes after one interval.
     preview_interval: float = 0.0
+    # A tiny decoder for previews (diffusers AutoencoderTiny: hub id or folder, e.g.
+    # madebyollin/taesd); empty = latents mapped linearly to RGB.
+    preview_decoder: str = ""
+    # Leave PNG encoding to the caller (`encode_pngs`): the worker does, so it runs in the bot
+    # process while the GPU starts on the next batch.
+    defer_png: bool = False
+    # What the compile warm-up covers: the most images in one pipeline call (batch size ×
+    # most images per request) and the largest image (an upscale's size).
+    max_images: int = 4
+    max_pixels: int = 1024 * 1024
     # Test hooks: fail the first N pipeline calls with out-of-memory errors, etc.
     extra: dict[str, Any] = field(default_factory=dict)
     # The diffusion lab's models and sizes (inference/lab/).
@@ -155,7 +173,7 @@ def png_with_recipe(image: Image, recipe: dict[str, Any]) -> bytes:
     info.add_text("parameters", recipe_to_parameters(recipe))
     info.add_text("easel", json.dumps(recipe, sort_keys=True))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
@@ -233,15 +251,26 @@ class Engine:
         self._base_scheduler_config: Any = None
         self.load_seconds = 0.0
         self._oom_injections = int(config.extra.get("fail_oom_above", 0))
+        self._preview_decoder: Any = None
         self._on_preview: PreviewCallback | None = None
-        self._last_preview = 0.0
+        self._run_started = 0.0
+        self._next_preview = 0.0
+        self._preview_spent = 0.0
+        # Seconds one preview image costs here (measured at load, then at every preview).
+        self._preview_each = 0.0
         self._preview_blocked: set[int] = set()
         self.lab: LabTools | None = None
+        # Seconds the compile warm-up took and how many graphs it compiled (0 without compile).
+        self.compile_seconds = 0.0
+        self.compiled_graphs = 0
 
     # --- loading -------------------------------------------------------------------------
 
-    def load(self) -> Engine:
-        """Load the pipeline once through `from_pretrained` (hub id or local folder)."""
+    def load(self, on_phase: Callable[[str], None] | None = None) -> Engine:
+        """Load the pipeline once through `from_pretrained` (hub id or local folder).
+
+        `on_phase("warming up")` is called before the compile warm-up, which can take minutes.
+        """
         import torch
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging
@@ -300,8 +329,10 @@ class Engine:
             from diffusers.models.attention_processor import AttnProcessor2_0
 
             pipe.unet.set_attn_processor(AttnProcessor2_0())
+        if self.config.preview_decoder:
+            self._preview_decoder = self._load_preview_decoder(self.config.preview_decoder)
         if self.config.compile:
-            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=False)
+            self._compile(pipe)
         self.pipe = pipe
         self._base_scheduler_config = pipe.scheduler.config
         self._img2img = AutoPipelineForImage2Image.from_pipe(pipe)
@@ -320,6 +351,12 @@ class Engine:
         from .lab.tools import LabTools
 
         self.lab = LabTools(self.config.lab, self).load()
+        if self.config.preview_interval > 0:
+            self._preview_each = self._measure_preview()
+        if self.config.compile and not self.config.extra.get("skip_warmup"):
+            if on_phase is not None:
+                on_phase("warming up")
+            self._warm_up()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "Loaded %s on %s (%s) in %.1f s", model, self.device, self.dtype, self.load_seconds
@@ -346,6 +383,120 @@ class Engine:
                 return None
         inpaint.set_progress_bar_config(disable=True)
         return inpaint
+
+    def _measure_preview(self) -> float:
+        """Seconds one preview takes (its decode, safety check and JPEG), so even the first
+        preview of a job keeps to PREVIEW_BUDGET. The second of two runs: the first warms up."""
+        import torch
+
+        side = max(1, self.native_size // self.vae_scale_factor)
+        latents = torch.zeros(1, 4, side, side, device=self.device, dtype=self.dtype)
+        seconds = 0.0
+        for _ in range(2):
+            started = time.perf_counter()
+            with torch.inference_mode():
+                images = self._preview_images(latents)
+                self._safety_flags(images)
+                pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            _jpeg(pixels.numpy()[0])
+            seconds = time.perf_counter() - started
+        return seconds
+
+    def _load_preview_decoder(self, name: str) -> Any:
+        from diffusers import AutoencoderTiny
+
+        if _looks_like_path(name) and not os.path.isdir(name):
+            raise ModelLoadError(f"Preview decoder folder {name!r} does not exist.")
+        try:
+            decoder = AutoencoderTiny.from_pretrained(name, dtype=self.dtype)
+        except Exception as error:
+            raise ModelLoadError(_explain_load_error(name, error)) from None
+        return decoder.to(self.device).eval()
+
+    def _compile(self, pipe: Any) -> None:
+        """The GPU path: channels-last memory, fused attention projections, and the UNet and
+        the VAE decoder compiled (shapes are settled by `_warm_up`)."""
+        import torch
+        import torch._dynamo.config as dynamo_config
+        import torch._inductor.config as inductor_config
+
+        backend = str(self.config.extra.get("compile_backend", "inductor"))
+        mode = self.config.extra.get("compile_mode")  # e.g. "max-autotune" (benchmarks)
+        # Every batch size and aspect gets its graph during the warm-up; none may fall back to
+        # eager for hitting dynamo's recompile limit.
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
+        if backend == "inductor":
+            inductor_config.conv_1x1_as_mm = True
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+        if hasattr(pipe, "fuse_qkv_projections"):
+            try:
+                pipe.fuse_qkv_projections()
+            except Exception as error:  # e.g. a VAE other than AutoencoderKL
+                log.warning("Attention projections not fused: %s", error)
+        # None: dynamo marks a dimension dynamic once it sees it change (the warm-up does).
+        dynamic = self.config.extra.get("compile_dynamic")
+        pipe.unet.compile(backend=backend, mode=mode, dynamic=dynamic)
+        pipe.vae.decoder.compile(backend=backend, mode=mode, dynamic=dynamic)
+
+    def warmup_shapes(self) -> list[tuple[int, int, int, float]]:
+        """(images, width, height, guidance) of the compile warm-up, in order.
+
+        The first call compiles the most common job (one square image, with guidance) as a
+        static graph; the next vary the batch size, the size and guidance, so dynamo marks
+        those dimensions dynamic; the rest (every aspect, the largest batch, upscale sizes)
+        must then run without compiling anything.
+        """
+        from .request import ASPECTS, aspect_size
+
+        native = self.native_size
+        sizes = [aspect_size(aspect, native) for aspect in ASPECTS]
+        square = sizes[0]
+        shapes: list[tuple[int, int, int, float]] = [
+            (1, *square, 7.0),
+            (2, *square, 7.0),
+            (1, *sizes[1], 7.0),
+            (1, *square, 0.0),
+            (2, *sizes[2], 0.0),
+        ]
+        most = max(1, self.config.max_images)
+        for width, height in sizes:
+            for images in sorted({1, most}):
+                for guidance in (7.0, 0.0):
+                    shapes.append((images, width, height, guidance))
+        for width, height in sizes:
+            if 4 * width * height <= self.config.max_pixels:
+                shapes.append((1, 2 * width, 2 * height, 7.0))
+        return list(dict.fromkeys(shapes))
+
+    def _warm_up(self) -> None:
+        """Run every shape members can ask for once, so no member's job pays a compile."""
+        from torch._dynamo.utils import counters
+
+        started = time.perf_counter()
+        before = int(counters["stats"]["unique_graphs"])
+        for images, width, height, guidance in self.warmup_shapes():
+            request = GenerationRequest(
+                prompt="warm-up",
+                seed=0,
+                steps=2,
+                width=width,
+                height=height,
+                count=images,
+                guidance=guidance,
+                job_id="warm-up",
+            )
+            self._run([request], None, None)
+        self.compiled_graphs = int(counters["stats"]["unique_graphs"]) - before
+        self.compile_seconds = time.perf_counter() - started
+        log.info(
+            "Compiled %d graph(s) in a %.1f s warm-up over %d shapes",
+            self.compiled_graphs,
+            self.compile_seconds,
+            len(self.warmup_shapes()),
+        )
 
     @property
     def vae_scale_factor(self) -> int:
@@ -376,11 +527,14 @@ class Engine:
     ) -> list[GenerationResult]:
         """Run compatible requests in one pipeline call; one result per request, in order.
 
-        `on_preview(request_index, png)` gets a rough preview of each request's first image
-        every `config.preview_interval` seconds while it denoises (if the interval is set).
+        `on_preview(request_index, jpeg)` gets a rough preview of each request's first image
+        every `config.preview_interval` seconds while it denoises (if the interval is set),
+        the first one interval after the start, none at the last step.
         """
         self._on_preview = on_preview if self.config.preview_interval > 0 else None
-        self._last_preview = 0.0
+        self._run_started = time.perf_counter()
+        self._next_preview = self._run_started + self.config.preview_interval
+        self._preview_spent = 0.0
         self._preview_blocked = set()
         try:
             return self._run(batch, on_progress, cancelled)
@@ -448,6 +602,8 @@ class Engine:
                 result.images.append(self._to_image(request, slot, array, flag))
             if self.lab is not None:  # CLIP's score; a flagged image's concept scores
                 self.lab.annotate(request, result, [a for _, a, _ in mine if a is not None])
+            if not self.config.defer_png:
+                encode_pngs(result)
             result.timings = {
                 "inference": elapsed * len(mine) / total_images,
                 "batch": elapsed,
@@ -466,7 +622,7 @@ class Engine:
         import torch
 
         try:
-            arrays = self._call_pipeline(template, slots, on_progress, job_ids, cancelled)
+            images = self._call_pipeline(template, slots, on_progress, job_ids, cancelled)
         except torch.OutOfMemoryError:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -485,8 +641,10 @@ class Engine:
             return self._run_slots(
                 template, slots[:half], on_progress, job_ids, cancelled
             ) + self._run_slots(template, slots[half:], on_progress, job_ids, cancelled)
-        flags = self._safety_flags(arrays)
-        return list(zip(slots, arrays, flags, strict=True))
+        # Checked on the device, then copied to the CPU as bytes (a quarter of float32).
+        flags = self._safety_flags(images)
+        pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return list(zip(slots, list(pixels), flags, strict=True))
 
     def _call_pipeline(
         self,
@@ -495,7 +653,8 @@ class Engine:
         on_progress: ProgressCallback | None,
         job_ids: set[str],
         cancelled: CancelCheck,
-    ) -> list[Pixels]:
+    ) -> torch.Tensor:
+        """The slots' images, decoded: (N, 3, H, W) floats in [0, 1] on the device."""
         import torch
 
         if self._oom_injections and len(slots) > self._oom_injections:
@@ -511,9 +670,11 @@ class Engine:
         ) -> dict[str, Any]:
             if job_ids and job_ids <= set(cancelled()):
                 raise JobCancelled()
-            self._maybe_preview(slots, callback_kwargs.get("latents"))
+            steps = getattr(pipe, "num_timesteps", None) or total
+            if step + 1 < steps:  # the result itself follows the last step
+                self._maybe_preview(slots, callback_kwargs.get("latents"))
             if on_progress is not None:
-                on_progress(step + 1, getattr(pipe, "num_timesteps", None) or total)
+                on_progress(step + 1, steps)
             return callback_kwargs
 
         common: dict[str, Any] = dict(
@@ -543,27 +704,67 @@ class Engine:
             return self._decode(latents)
 
     def _maybe_preview(self, slots: list[_Slot], latents: torch.Tensor | None) -> None:
-        """Send each request's first image as a cheap preview, at most once an interval."""
-        import numpy as np
+        """Send each request's first image as a cheap preview, at most once an interval.
+
+        Decoded, resized and safety-checked on the device in one batch; only the previews that
+        pass are copied to the CPU, as bytes, and encoded as JPEG.
+        """
+        import torch
 
         if self._on_preview is None or latents is None or latents.shape[1] != 4:
             return
-        now = time.perf_counter()
-        if now - self._last_preview < self.config.preview_interval:
+        started = time.perf_counter()
+        if started < self._next_preview:
             return
-        self._last_preview = now
-        for position, slot in enumerate(slots):
-            if slot.image_index != 0 or position >= latents.shape[0]:
-                continue
-            if slot.request_index in self._preview_blocked:
-                continue
-            pixels = latent_preview_pixels(latents[position])
-            # Previews are shown before the result: the safety checker sees them first, and
-            # a job whose preview it flags shows no more previews.
-            if self._safety_flags([(pixels / 255.0).astype(np.float32)])[0]:
-                self._preview_blocked.add(slot.request_index)
-                continue
-            self._on_preview(slot.request_index, _png(pixels))
+        wanted = [
+            (position, slot.request_index)
+            for position, slot in enumerate(slots)
+            if slot.image_index == 0
+            and position < latents.shape[0]
+            and slot.request_index not in self._preview_blocked
+        ]
+        # Within budget: all previews so far and this one, against the job's time so far.
+        expected = self._preview_each * len(wanted)
+        if self._preview_spent + expected > PREVIEW_BUDGET * (started - self._run_started):
+            return
+        if wanted:
+            with torch.inference_mode():
+                images = self._preview_images(latents[[position for position, _ in wanted]])
+                # Previews are shown before the result: the safety checker sees them first,
+                # and a job whose preview it flags shows no more previews.
+                flags = self._safety_flags(images)
+                pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            for (_, request_index), flag, image in zip(wanted, flags, pixels.numpy(), strict=True):
+                if flag:
+                    self._preview_blocked.add(request_index)
+                else:
+                    self._on_preview(request_index, _jpeg(image))
+        cost = time.perf_counter() - started
+        self._preview_spent += cost
+        if wanted:
+            self._preview_each = cost / len(wanted)
+        self._next_preview = started + self.config.preview_interval
+
+    def _preview_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (N, 4, h, w) to small images (N, 3, H, W) in [0, 1], longer side
+        PREVIEW_SIDE: through the tiny decoder if there is one, else the linear RGB map."""
+        import torch
+        import torch.nn.functional as F
+
+        decoder = self._preview_decoder
+        if decoder is not None:
+            scaled = latents.to(decoder.dtype) / decoder.config.scaling_factor
+            decoded = decoder.decode(scaled, return_dict=False)[0].float()
+            images = (decoded / 2 + 0.5).clamp(0, 1)
+        else:
+            factors = torch.tensor(LATENT_TO_RGB, dtype=torch.float32, device=latents.device)
+            rgb = torch.einsum("nchw,cr->nrhw", latents.float(), factors)
+            images = ((rgb + 1) / 2).clamp(0, 1)
+        height, width = images.shape[-2:]
+        scale = PREVIEW_SIDE / max(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        resized = F.interpolate(images, size=size, mode="bilinear", antialias=True)
+        return resized.clamp(0, 1)
 
     def _scheduler(self, sampler: str) -> Any:
         from .samplers import make_scheduler
@@ -582,10 +783,12 @@ class Engine:
 
     def _outpaint(
         self, request: GenerationRequest, scheduler: Any, count: int, common: dict[str, Any]
-    ) -> list[Pixels]:
+    ) -> torch.Tensor:
         """Zoom out / Pan: paint the new area around the source, then blend it in so that the
-        source's pixels are kept outside the blend band."""
+        source's pixels are kept outside the blend band. Images (N, 3, H, W) in [0, 1] on the
+        device, like `_decode`'s."""
         import numpy as np
+        import torch
         from PIL import Image
 
         from .outpaint import blend_mask, canvas_pixels, composite, paint_mask
@@ -611,25 +814,32 @@ class Engine:
             **common,
         ).images
         base = canvas.astype(np.float32) / 255.0
-        return [composite(base, painted, blend) for painted in self._decode(latents)]
+        decoded = self._decode(latents)
+        # The blend is numpy work on the CPU; Zoom out and Pan are rare enough for the copy.
+        painted = decoded.permute(0, 2, 3, 1).cpu().numpy()
+        blended = np.stack([composite(base, image, blend) for image in painted])
+        return torch.from_numpy(blended).permute(0, 3, 1, 2).to(decoded.device)
 
     def screen(self, pngs: Sequence[bytes]) -> list[bool]:
         """The safety checker's verdict on images given as PNG bytes (an upload, before any
         work is done on it)."""
         import numpy as np
+        import torch
         from PIL import Image
 
         flags = []
         for png in pngs:
             with Image.open(io.BytesIO(png)) as image:
-                pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-            flags += self._safety_flags([pixels])
+                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            # (1, 3, H, W) in [0, 1] on the device, as the checker sees a decoded image.
+            tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].to(self.device)
+            flags += self._safety_flags(tensor.float() / 255.0)
         return flags
 
     def _latent_upscale(
         self, request: GenerationRequest, slots: list[_Slot], generators: list[torch.Generator]
-    ) -> list[Pixels]:
-        import numpy as np
+    ) -> torch.Tensor:
+        import torch
 
         source = self._init_image(
             GenerationRequest(
@@ -647,13 +857,14 @@ class Engine:
                 num_inference_steps=request.steps,
                 guidance_scale=0,
                 generator=generator,
-                output_type="np",
+                output_type="pt",
             )
-            arrays.append(np.asarray(out.images[0], dtype=np.float32))
-        return arrays
+            arrays.append(out.images[0].float())
+        return torch.stack(arrays)
 
-    def _decode(self, latents: torch.Tensor) -> list[Pixels]:
-        """Latents to images in [0, 1] (N, H, W, 3); NaN/black fp16 decodes are redone in fp32."""
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to images in [0, 1] (N, 3, H, W) on the device; NaN/black fp16 decodes are
+        redone in fp32."""
         import torch
 
         vae = self.pipe.vae
@@ -677,90 +888,141 @@ class Engine:
             finally:
                 vae.to(original_dtype)
             decoded[broken] = redo
-        images = (decoded / 2 + 0.5).clamp(0, 1).nan_to_num(0.0)
-        return list(images.permute(0, 2, 3, 1).cpu().numpy())
+        images: torch.Tensor = (decoded / 2 + 0.5).clamp(0, 1).nan_to_num(0.0)
+        return images
 
     def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         decoded: torch.Tensor = self.pipe.vae.decode(latents, return_dict=False)[0]
         return decoded
 
-    def _safety_flags(self, arrays: Sequence[Pixels | None]) -> list[bool]:
-        """Run the checkpoint's safety checker on decoded images, without blacking them out."""
-        import numpy as np
+    def _safety_flags(self, images: torch.Tensor) -> list[bool]:
+        """Run the checkpoint's safety checker on decoded images (N, 3, H, W) in [0, 1], in one
+        call on the device, without blacking them out."""
         import torch
 
-        if self.safety_checker is None or self.feature_extractor is None:
-            return [False] * len(arrays)
-        present = [a for a in arrays if a is not None]
-        if not present:
-            return [False] * len(arrays)
-        from diffusers.utils.pil_utils import numpy_to_pil
-
-        stack = np.stack(present)
-        features = self.feature_extractor(numpy_to_pil(stack), return_tensors="pt")
+        if self.safety_checker is None or self.feature_extractor is None or not len(images):
+            return [False] * len(images)
         with torch.inference_mode():
-            _, flags = self.safety_checker(
-                images=stack.copy(),
-                clip_input=features.pixel_values.to(self.device, self.safety_checker.dtype),
-            )
-        flags_iter = iter(bool(f) for f in flags)
-        return [next(flags_iter) if a is not None else False for a in arrays]
+            clip_input = self.clip_input(images)
+            # The checker blacks flagged images out in place: it gets a placeholder to black
+            # out, so ours stay intact (and nothing is copied).
+            placeholder = torch.zeros(len(images), 1, device=images.device)
+            _, flags = self.safety_checker(images=placeholder, clip_input=clip_input)
+        return [bool(flag) for flag in flags]
+
+    def clip_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The safety checker's input, made on the device as the feature extractor makes it on
+        the CPU: pixels rounded to bytes, the shortest edge resized (antialiased bicubic in
+        two passes, as PIL does), centre-cropped, rescaled and normalised with its own mean and
+        std. One call for the whole batch."""
+        import torch
+        import torch.nn.functional as F
+
+        fe = self.feature_extractor
+        dtype = self.safety_checker.dtype
+        plan = _clip_plan(fe)
+        if plan is None:  # a feature extractor configured some other way: use it as it is
+            return _clip_input_pil(fe, images).to(images.device, dtype)
+        shortest, (crop_h, crop_w), mode = plan
+        x = images.float().mul(255).round()
+        if shortest:
+            height, width = x.shape[-2:]
+            short, long = (width, height) if width <= height else (height, width)
+            new_long = int(shortest * long / short)
+            size = (new_long, shortest) if width <= height else (shortest, new_long)
+            # As PIL does: the width first, then the height, bytes to bytes in each pass.
+            for target in ((height, size[1]), size):
+                if tuple(x.shape[-2:]) != tuple(target):
+                    x = F.interpolate(x, size=target, mode=mode, antialias=True)
+                    x = x.round().clamp(0, 255)
+        if crop_h:
+            height, width = x.shape[-2:]
+            if height < crop_h or width < crop_w:
+                return _clip_input_pil(fe, images).to(images.device, dtype)
+            top, left = (height - crop_h) // 2, (width - crop_w) // 2
+            x = x[..., top : top + crop_h, left : left + crop_w]
+        if fe.do_rescale:
+            x = x * float(fe.rescale_factor)
+        if fe.do_normalize:
+            mean = torch.tensor(fe.image_mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(fe.image_std, device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x.to(dtype)
 
     def _to_image(
         self, request: GenerationRequest, slot: _Slot, array: Pixels, flag: bool
     ) -> GeneratedImage:
         import numpy as np
-        from PIL import Image
 
-        pixels = (np.asarray(array) * 255).round().astype("uint8")
-        image = Image.fromarray(pixels)
+        pixels = np.ascontiguousarray(array)
+        height, width = pixels.shape[:2]
         recipe = request.recipe()
         recipe.update(
             seed=slot.seed,
             count=1,
-            width=image.width,
-            height=image.height,
+            width=width,
+            height=height,
             model=request.model or self.config.model,
         )
         return GeneratedImage(
-            png=png_with_recipe(image, recipe),
+            png=b"",
             seed=slot.seed,
             index=slot.image_index,
             nsfw=flag,
-            width=image.width,
-            height=image.height,
+            width=width,
+            height=height,
+            raw=pixels.tobytes(),
+            recipe=recipe,
         )
 
 
-def latent_preview_pixels(latent: torch.Tensor) -> npt.NDArray[np.uint8]:
-    """One image's latents (4, h, w) mapped linearly to RGB: uint8 (h', w', 3), longer side
-    PREVIEW_SIDE."""
-    import numpy as np
-    import torch
+def encode_pngs(result: GenerationResult) -> GenerationResult:
+    """Encode the images the engine left raw (`raw` → `png`, with the recipe); returns the
+    result. PIL releases the GIL while it compresses, so a thread can do this."""
     from PIL import Image
 
-    factors = torch.tensor(LATENT_TO_RGB, dtype=torch.float32)
-    rgb = torch.einsum("chw,cr->hwr", latent.detach().float().cpu(), factors)
-    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    image = Image.fromarray(pixels)
-    scale = PREVIEW_SIDE / max(image.size)
-    image = image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-        Image.Resampling.BILINEAR,
-    )
-    return np.asarray(image)
+    for image in result.images:
+        if image.raw is None:
+            continue
+        pixels = Image.frombytes("RGB", (image.width, image.height), image.raw)
+        image.png = png_with_recipe(pixels, image.recipe or {})
+        image.raw = image.recipe = None
+    return result
 
 
-def latent_preview(latent: torch.Tensor) -> bytes:
-    """A small PNG from one image's latents (4, h, w), mapped linearly to RGB."""
-    return _png(latent_preview_pixels(latent))
+def _clip_plan(fe: Any) -> tuple[int, tuple[int, int], str] | None:
+    """(shortest edge or 0, crop (height, width) or (0, 0), interpolation) of a CLIP feature
+    extractor, or None when it is configured in a way the device path does not copy."""
+    modes = {2: "bilinear", 3: "bicubic"}  # PIL's resample codes
+    size = dict(getattr(fe, "size", None) or {})
+    crop = dict(getattr(fe, "crop_size", None) or {})
+    resize = bool(getattr(fe, "do_resize", False))
+    if resize and (set(size) != {"shortest_edge"} or int(getattr(fe, "resample", 0)) not in modes):
+        return None
+    if getattr(fe, "do_center_crop", False) and not {"height", "width"} <= set(crop):
+        return None
+    shortest = int(size["shortest_edge"]) if resize else 0
+    cropping = bool(getattr(fe, "do_center_crop", False))
+    crop_hw = (int(crop["height"]), int(crop["width"])) if cropping else (0, 0)
+    mode = modes.get(int(getattr(fe, "resample", 3)), "bicubic")
+    return shortest, crop_hw, mode
 
 
-def _png(pixels: npt.NDArray[np.uint8]) -> bytes:
+def _clip_input_pil(fe: Any, images: torch.Tensor) -> torch.Tensor:
+    """The feature extractor's own path (PIL, on the CPU): the reference for the device path."""
+    from diffusers.utils.pil_utils import numpy_to_pil
+
+    arrays = images.float().permute(0, 2, 3, 1).cpu().numpy()
+    pixel_values: torch.Tensor = fe(numpy_to_pil(arrays), return_tensors="pt").pixel_values
+    return pixel_values
+
+
+def _jpeg(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """A preview as JPEG: a fraction of a millisecond, where an optimised PNG took tens."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
     return buffer.getvalue()
 
 

@@ -18,12 +18,13 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 
 from .backend import Pool, Slot
 from .engine import EngineConfig, ModelLoadError, valid_device
 from .request import GenerationRequest, GenerationResult
-from .worker import JobProgress, Worker, WorkerCrashed
+from .worker import JobProgress, Readiness, Worker, WorkerCrashed
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,10 @@ class LocalPool(Pool):
         *,
         start_timeout: float = 600.0,
         restart_delay: float = 30.0,
+        expected_load_seconds: float | None = None,
     ):
         super().__init__()
+        self.expected_load_seconds = expected_load_seconds
         self.config = config
         self.devices = expand_devices(devices)
         self.start_timeout = start_timeout
@@ -101,7 +104,11 @@ class LocalPool(Pool):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         for name, device in zip(worker_names(self.devices), self.devices, strict=True):
-            worker = Worker(dataclasses.replace(config, device=device), start_timeout=start_timeout)
+            worker = Worker(
+                dataclasses.replace(config, device=device),
+                start_timeout=start_timeout,
+                expected_load_seconds=expected_load_seconds,
+            )
             self._add(LocalSlot(name, worker))
 
     @property
@@ -118,9 +125,22 @@ class LocalPool(Pool):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def native_size(self) -> int:
+        """The first ready worker's; while none is, read from the model's config files."""
+        if self.info or not self.slots:
+            return super().native_size
+        return self.slots[0].worker.native_size
+
+    def _member_readiness(self, slot: Slot) -> Readiness:
+        if isinstance(slot, LocalSlot) and slot.worker.pid is not None:
+            return slot.worker.readiness()
+        return self._guess_readiness()
+
     async def start(self) -> None:
         """Start every worker at once; return when the first has loaded its model."""
         self._started = True
+        self._started_at = time.monotonic()
         self._stopping = False
         for name in self._names():
             self._launch(name, restart=False)

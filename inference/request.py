@@ -221,7 +221,12 @@ class GenerationRequest:
 
 @dataclass
 class GeneratedImage:
-    """One image of a result: PNG bytes (never redacted) and whether the checker flagged it."""
+    """One image of a result: PNG bytes (never redacted) and whether the checker flagged it.
+
+    The worker leaves the PNG encoding to the bot, off the GPU's path: then `png` is empty and
+    `raw` holds the pixels (height × width × 3 RGB bytes) and `recipe` the PNG's text chunks,
+    until `inference.engine.encode_pngs` fills `png`.
+    """
 
     png: bytes
     seed: int
@@ -233,6 +238,8 @@ class GeneratedImage:
     clip_score: float | None = None
     # The safety checker's per-concept scores, kept for flagged images (why it was flagged).
     safety_scores: tuple[ConceptScore, ...] = ()
+    raw: bytes | None = None
+    recipe: dict[str, Any] | None = None
 
 
 @dataclass

@@ -5,6 +5,9 @@ lives in its own (spawned) process. `Worker` talks to it over two one-way pipes;
 turns the child's messages into callbacks on the event loop, so inference never blocks the bot.
 If the child dies mid-batch, the supervisor starts a new one and retries the batch once; a second
 crash fails the batch's jobs with a clear error and the fresh worker serves the next one.
+
+The bot need not wait for the model: `launch()` starts the process and returns; `readiness()`
+says how far loading (or a first download) has got, and `run()` waits until the model is ready.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .engine import EngineConfig, ModelLoadError
@@ -76,6 +81,15 @@ ToWorker = RunBatch | CancelJob | ScreenImages | Stop
 
 
 @dataclass(frozen=True)
+class Loading:
+    """How far loading has got: `phase` is starting, downloading, loading or warming up."""
+
+    phase: str
+    downloaded_bytes: int = 0
+    native_size: int | None = None  # known from the model's config before its weights load
+
+
+@dataclass(frozen=True)
 class Ready:
     info: dict[str, Any]
 
@@ -118,7 +132,37 @@ class ScreenFailed:
     error: str
 
 
-FromWorker = Ready | LoadFailed | Progress | BatchDone | BatchFailed | Screened | ScreenFailed
+FromWorker = (
+    Loading | Ready | LoadFailed | Progress | BatchDone | BatchFailed | Screened | ScreenFailed
+)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the bot tells members while the model loads."""
+
+    ready: bool
+    phase: str = "starting"  # starting, downloading, loading, warming up; "ready" when ready
+    downloaded_bytes: int = 0
+    seconds_left: float | None = None  # None while downloading (the total is not known)
+
+    def describe(self) -> str:
+        """'the model is loading, about 20 s' (empty once it is ready)."""
+        if self.ready:
+            return ""
+        if self.phase == "downloading":
+            done = self.downloaded_bytes
+            amount = f"{done / 1e9:.1f} GB" if done >= 1e9 else f"{done / 1e6:.0f} MB"
+            return f"the model is downloading ({amount} so far; a first start only)"
+        left = f", about {self.seconds_left:.0f} s" if self.seconds_left is not None else ""
+        return f"the model is {self.phase if self.phase != 'starting' else 'loading'}{left}"
+
+
+READY = Readiness(True, "ready")
+# Until a model has been loaded once here, this is the guess of how long loading takes.
+FIRST_LOAD_GUESS_SECONDS = 30.0
+# Seconds between two progress messages from the worker (the bot edits far less often).
+PROGRESS_EVERY = 0.05
 
 CRASHED_TWICE = (
     "The image worker crashed twice while making this image, so it was skipped; "
@@ -146,22 +190,89 @@ def _gpu_peak_mb() -> float | None:
     return None
 
 
-def load_engine(config: EngineConfig) -> tuple[Engine | None, Ready | LoadFailed]:
-    """Load the engine once; the message says how it went (shared by process and Ray actor)."""
+def model_native_size(model: str) -> int | None:
+    """The model's native square size from its config files alone (a few KB, read before the
+    weights), so requests that arrive while it loads get the right aspect sizes. Only a folder
+    or the local hub cache is read: asking an unreachable hub would only add retries."""
+    try:
+        parts = ("unet", "vae")
+        paths: list[Any]
+        if os.path.isdir(model):
+            paths = [os.path.join(model, part, "config.json") for part in parts]
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            paths = [try_to_load_from_cache(model, f"{part}/config.json") for part in parts]
+            if not all(isinstance(path, str) for path in paths):
+                return None
+        unet, vae = (json.loads(Path(path).read_text(encoding="utf-8")) for path in paths)
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        return int(unet["sample_size"]) * int(scale)
+    except Exception:  # not a UNet pipeline: the Ready message will say
+        return None
+
+
+def hub_cache_bytes(model: str) -> int:
+    """Bytes of `model` in the Hugging Face cache so far (finished and partial files)."""
+    from huggingface_hub import constants
+
+    folder = os.path.join(constants.HF_HUB_CACHE, "models--" + model.replace("/", "--"), "blobs")
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            with contextlib.suppress(OSError):
+                total += entry.stat().st_size
+    return total
+
+
+def _watch_download(
+    model: str, send: Callable[[Loading], None], done: threading.Event, every: float = 1.0
+) -> None:
+    """While the model loads, report (and log) bytes arriving in the hub cache: a first start
+    downloads several GB."""
+    start_bytes = last = hub_cache_bytes(model)
+    while not done.wait(every):
+        now = hub_cache_bytes(model)
+        if now != last:
+            last = now
+            log.info("Downloading %s: %.2f GB so far", model, (now - start_bytes) / 1e9)
+            send(Loading("downloading", now - start_bytes))
+
+
+def load_engine(
+    config: EngineConfig, send: Callable[[Loading], None] | None = None
+) -> tuple[Engine | None, Ready | LoadFailed]:
+    """Load the engine once; the message says how it went (shared by process and Ray actor).
+    `send` hears how far loading has got (and a first download's bytes)."""
     from .engine import Engine
 
+    report: Callable[[Loading], None] = send or (lambda _message: None)
     started = time.perf_counter()
+    report(Loading("loading", native_size=model_native_size(config.model)))
+    loaded = threading.Event()
+    if send is not None and not os.path.isdir(config.model):
+        every = float(config.extra.get("download_poll", 1.0))
+        threading.Thread(
+            target=_watch_download,
+            args=(config.model, send, loaded, every),
+            name="easel-download-watch",
+            daemon=True,
+        ).start()
     time.sleep(float(config.extra.get("load_delay", 0.0)))  # test hook: a slow-loading worker
     try:
-        engine = Engine(config).load()
+        engine = Engine(config).load(on_phase=lambda phase: report(Loading(phase)))
     except ModelLoadError as error:
         return None, LoadFailed(str(error))
+    finally:
+        loaded.set()
     info = {
         "native_size": engine.native_size,
         "device": engine.device,
         "dtype": str(engine.dtype).removeprefix("torch."),
         "model": config.model,
         "load_seconds": time.perf_counter() - started,
+        "compile_seconds": engine.compile_seconds,
+        "compiled_graphs": engine.compiled_graphs,
         "peak_rss_mb": _peak_rss_mb(),
         "lab": engine.lab.info() if engine.lab is not None else {},
     }
@@ -188,10 +299,18 @@ def execute(
 
     previews: dict[int, bytes] = {}
     step_delay = float(engine.config.extra.get("step_delay", 0.0))
+    last_sent = 0.0
 
     def progress(step: int, total: int) -> None:
+        nonlocal last_sent
         if step_delay:
             time.sleep(step_delay)  # test hook: leaves time to cancel or kill mid-run
+        now = time.monotonic()
+        # The bot shows a step at most every progress interval: fewer messages, fewer
+        # wake-ups of its event loop while the GPU works. Previews and the last step go.
+        if not previews and step < total and now - last_sent < PROGRESS_EVERY:
+            return
+        last_sent = now
         send(Progress(run.batch_id, step, total, dict(previews)))
         previews.clear()
 
@@ -261,8 +380,14 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
         level=child_logging.INFO, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s"
     )
     _quiet_hub_logging()
-    engine, loaded = load_engine(config)
-    outbox.send(loaded)
+    send_lock = threading.Lock()  # the download watcher sends too
+
+    def send(message: FromWorker) -> None:
+        with send_lock:
+            outbox.send(message)
+
+    engine, loaded = load_engine(config, send)
+    send(loaded)
     if engine is None:
         return
 
@@ -291,9 +416,9 @@ def _child_main(config: EngineConfig, inbox: Connection, outbox: Connection) -> 
     threading.Thread(target=listen, name="easel-worker-inbox", daemon=True).start()
     while (run := jobs.get()) is not None and not stopping.is_set():
         if isinstance(run, ScreenImages):
-            outbox.send(screen(engine, run))
+            send(screen(engine, run))
         else:
-            outbox.send(execute(engine, run, outbox.send, cancelled, stopping))
+            send(execute(engine, run, send, cancelled, stopping))
 
 
 def deliver_progress(message: Progress, job_ids: list[str], on_progress: JobProgress) -> None:
@@ -329,10 +454,21 @@ class _Pending:
 class Worker:
     """Runs batches in a supervised worker process: `await worker.run(batch, on_progress=…)`."""
 
-    def __init__(self, config: EngineConfig, *, start_timeout: float = 600.0):
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        start_timeout: float = 600.0,
+        expected_load_seconds: float | None = None,
+    ):
         self.config = config
         self.start_timeout = start_timeout
+        # How long loading took last time (the bot remembers it), for "about N s".
+        self.expected_load_seconds = expected_load_seconds
         self.info: dict[str, Any] = {}
+        self._loading = Loading("starting")
+        self._early_native: int | None = None
+        self._launched_at = time.monotonic()
         self.stats: dict[str, Any] = {}
         self.restarts = 0
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -358,7 +494,22 @@ class Worker:
 
     @property
     def native_size(self) -> int:
-        return int(self.info.get("native_size", 512))
+        return int(self.info.get("native_size") or self._early_native or 512)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready is not None and self._ready.done() and not self._ready.exception()
+
+    def readiness(self) -> Readiness:
+        """Ready, or how far loading has got and about how long it will still take."""
+        if self.ready:
+            return READY
+        phase = self._loading.phase
+        if phase == "downloading":
+            return Readiness(False, phase, self._loading.downloaded_bytes)
+        expected = self.expected_load_seconds or FIRST_LOAD_GUESS_SECONDS
+        left = max(5.0, expected - (time.monotonic() - self._launched_at))
+        return Readiness(False, phase, self._loading.downloaded_bytes, left)
 
     @property
     def pid(self) -> int | None:
@@ -370,19 +521,29 @@ class Worker:
 
     async def start(self) -> None:
         """Start the process and wait until the model is loaded."""
+        self.launch()
+        await self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process and return at once; `wait_ready()` (or `run()`) waits for it."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        # Known at once for a folder or a cached model (two small files).
+        self._early_native = self._early_native or model_native_size(self.config.model)
         context = multiprocessing.get_context("spawn")
         child_inbox, self._inbox = context.Pipe(duplex=False)
         self._outbox, child_outbox = context.Pipe(duplex=False)
         self._ready = self._loop.create_future()
+        # A load that fails with no one waiting (a stop mid-load) is not an unretrieved error.
+        self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._loading = Loading("starting")
+        self._launched_at = time.monotonic()
         self._process = context.Process(
             target=_child_main,
             args=(self.config, child_inbox, child_outbox),
             name="easel-inference",
             daemon=True,
         )
-        started = time.perf_counter()
         self._process.start()
         child_inbox.close()
         child_outbox.close()
@@ -392,17 +553,33 @@ class Worker:
             name="easel-worker-reader",
             daemon=True,
         ).start()
+
+    async def wait_ready(self) -> None:
+        """Wait until the launched process has loaded the model; raise `ModelLoadError` if it
+        cannot (or does not within `start_timeout` seconds of its launch)."""
+        ready = self._ready
+        if ready is None:
+            raise ModelLoadError("The worker was never launched.")
+        if ready.done():
+            ready.result()  # raises the load error, if any
+            return
+        left = self.start_timeout - (time.monotonic() - self._launched_at)
         try:
-            self.info = await asyncio.wait_for(self._ready, self.start_timeout)
+            await asyncio.wait_for(asyncio.shield(ready), max(0.0, left))
         except TimeoutError:
             await self._kill()
-            raise ModelLoadError(
-                f"The model did not load within {self.start_timeout:.0f} s."
-            ) from None
+            error = ModelLoadError(f"The model did not load within {self.start_timeout:.0f} s.")
+            if not ready.done():
+                ready.set_exception(error)
+                ready.exception()  # retrieved: raised here
+            raise error from None
+        except asyncio.CancelledError:
+            raise
         except BaseException:
             await self._kill()
             raise
-        self.info["start_seconds"] = time.perf_counter() - started
+
+    def _log_ready(self) -> None:
         log.info(
             "Worker %s ready in %.1f s: %s on %s",
             self.pid,
@@ -430,9 +607,17 @@ class Worker:
 
     def _on_message(self, message: FromWorker, ready: asyncio.Future[dict[str, Any]]) -> None:
         match message:
+            case Loading(phase, downloaded, native):
+                if ready is self._ready:
+                    self._loading = message
+                    self._early_native = native or self._early_native
+                    log.debug("Worker: %s (%d bytes)", phase, downloaded)
             case Ready(info):
                 if not ready.done():
+                    info["start_seconds"] = time.monotonic() - self._launched_at
+                    self.info = info
                     ready.set_result(info)
+                    self._log_ready()
             case LoadFailed(text):
                 if not ready.done():
                     ready.set_exception(ModelLoadError(text))
@@ -486,8 +671,10 @@ class Worker:
         self, batch: list[GenerationRequest], on_progress: JobProgress | None = None
     ) -> list[GenerationResult]:
         """Run a batch; one result per request, in order. Never raises for a worker crash:
-        the process is restarted and the batch retried once, then failed."""
+        the process is restarted and the batch retried once, then failed. Waits for the
+        model if it is still loading (a load that fails raises ModelLoadError)."""
         async with self._run_lock:
+            await self.wait_ready()
             for attempt in (1, 2):
                 if not self.alive:
                     await self._restart()
@@ -556,6 +743,7 @@ class Worker:
         the checker: after the batch running now, before the next one. A crash restarts the
         worker and asks once more; a second one raises WorkerCrashed, a bad image RuntimeError."""
         async with self._run_lock:
+            await self.wait_ready()
             for _attempt in (1, 2):
                 if not self.alive:
                     await self._restart()

@@ -42,3 +42,11 @@ def tiny_clip_dir(tmp_path_factory) -> str:
     from inference.lab.dummy import save_clip
 
     return str(save_clip(tmp_path_factory.mktemp("models") / "clip"))
+
+
+@pytest.fixture(scope="session")
+def preview_decoder_dir(tmp_path_factory) -> str:
+    """A tiny random AutoencoderTiny (TAESD's layout) for `model.preview_decoder`."""
+    from inference.dummy import save_dummy_preview_decoder
+
+    return str(save_dummy_preview_decoder(tmp_path_factory.mktemp("models") / "taesd"))

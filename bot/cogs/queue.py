@@ -31,6 +31,9 @@ class Queue(commands.Cog):
         workers = scheduler.workers_info()
         if len(workers) > 1 or any(w.state not in UP for w in workers):
             lines.append(f"**Workers:** {render.workers_line(workers)}")
+        loading = scheduler.readiness().describe()
+        if loading:
+            lines.append(f"⏳ Starting up: {loading}; jobs wait and start when it is ready.")
         if not mine:
             lines.append("You have no jobs in the queue. Start one with /imagine.")
         shown = 15  # keeps the answer inside Discord's 2000 characters

@@ -1,11 +1,18 @@
-"""The SQLite database: one aiosqlite connection (the single writer), transactions, migrations.
+"""The SQLite database: one aiosqlite connection for writes (the single writer), a few read-only
+ones for reads, transactions, migrations.
 
-`<data>/easel.sqlite3` in WAL mode with `busy_timeout` and foreign keys on. The schema lives in
-numbered files `bot/db/migrations/NNN_name.sql`, applied in one transaction; the version is
-`PRAGMA user_version`. Before anything writes, the file is read through a read-only connection:
-a damaged file is refused with `DatabaseDamagedError` and one newer than this code with
-`SchemaTooNewError`, and neither is changed. A write that fails for lack of space raises
-`DiskFullError`. Times are UTC: stored as Unix seconds, handed out as aware `datetime`s.
+`<data>/easel.sqlite3` in WAL mode with `busy_timeout` and foreign keys on. In WAL mode readers
+never block the writer nor each other, so a moderator's slow search (a `contains:` over a
+million rows) does not hold up /imagine's writes or its quick reads. The WAL is checkpointed
+every few seconds from a connection of its own, not by whichever commit crosses SQLite's
+threshold: with a long read open, those automatic checkpoints made every commit slow.
+
+The schema lives in numbered files `bot/db/migrations/NNN_name.sql`, applied in one
+transaction; the version is `PRAGMA user_version`. Before anything writes, the file is read
+through a read-only connection: a damaged file is refused with `DatabaseDamagedError` and one
+newer than this code with `SchemaTooNewError`, and neither is changed. A write that fails for
+lack of space raises `DiskFullError`. Times are UTC: stored as Unix seconds, handed out as
+aware `datetime`s.
 
 The repositories (one module per table family beside this one) share a `Database`:
 
@@ -308,7 +315,7 @@ async def migrate(conn: aiosqlite.Connection, *, target: int | None = None) -> t
 
 
 class Database:
-    """One aiosqlite connection (the single writer) shared by the repositories."""
+    """The writer connection and a pool of reader connections, shared by the repositories."""
 
     def __init__(
         self,
@@ -316,12 +323,26 @@ class Database:
         path: Path,
         *,
         clock: Callable[[], float] = time.time,
+        readers: Sequence[aiosqlite.Connection] = (),
+        checkpointer: aiosqlite.Connection | None = None,
+        checkpoint_every: float = 5.0,
     ):
         self._conn = conn
         self.path = path
         self.clock = clock
-        # One statement or transaction at a time on the shared connection.
+        # One statement or transaction at a time on the writer.
         self._lock = asyncio.Lock()
+        self._readers = list(readers)
+        # Idle readers; a read takes one (or, with none configured, the writer).
+        self._free: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        for reader in self._readers:
+            self._free.put_nowait(reader)
+        self._checkpointer = checkpointer
+        self._checkpoints: asyncio.Task[None] | None = None
+        if checkpointer is not None:
+            self._checkpoints = asyncio.create_task(
+                self._checkpoint_loop(checkpointer, checkpoint_every), name="easel-checkpoints"
+            )
         self._closed = False
 
     @classmethod
@@ -333,14 +354,23 @@ class Database:
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 5000,
         synchronous: str = "FULL",
+        read_connections: int = 3,
+        checkpoint_every: float = 5.0,
     ) -> AsyncIterator[Database]:
         """`async with Database.open(path) as db:` — created and migrated as needed.
 
         `synchronous` is FULL by default so an accepted job survives a power cut, not only a
         crash of the bot; NORMAL is faster and still safe against a crash of the process.
+        `read_connections` read-only connections serve `all`, `one` and `count` (0 = reads
+        share the writer).
         """
         db = await cls.connect(
-            path, clock=clock, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous
+            path,
+            clock=clock,
+            busy_timeout_ms=busy_timeout_ms,
+            synchronous=synchronous,
+            read_connections=read_connections,
+            checkpoint_every=checkpoint_every,
         )
         try:
             yield db
@@ -355,6 +385,8 @@ class Database:
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 5000,
         synchronous: str = "FULL",
+        read_connections: int = 3,
+        checkpoint_every: float = 5.0,
     ) -> Database:
         """Open without a context manager (close it with `await db.close()`)."""
         if synchronous.upper() not in SYNCHRONOUS_MODES:
@@ -381,13 +413,55 @@ class Database:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, path, clock=clock)
+        readers: list[aiosqlite.Connection] = []
+        checkpointer: aiosqlite.Connection | None = None
+        try:
+            for _ in range(max(0, int(read_connections))):
+                reader = await aiosqlite.connect(path, isolation_level=None)
+                readers.append(reader)
+                reader.row_factory = sqlite3.Row
+                await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                await reader.execute("PRAGMA query_only = ON")
+            if readers:
+                # Checkpoints move off the commits (see the module docstring).
+                await conn.execute("PRAGMA wal_autocheckpoint = 0")
+                checkpointer = await aiosqlite.connect(path, isolation_level=None)
+                await checkpointer.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        except BaseException:
+            for reader in readers:
+                await reader.close()
+            await conn.close()
+            raise
+        return cls(
+            conn,
+            path,
+            clock=clock,
+            readers=readers,
+            checkpointer=checkpointer,
+            checkpoint_every=checkpoint_every,
+        )
+
+    async def _checkpoint_loop(self, conn: aiosqlite.Connection, every: float) -> None:
+        """Copy the WAL into the database now and then; PASSIVE waits for no one."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as error:  # busy or a disk problem: the next round tries again
+                log.warning("WAL checkpoint failed: %s", error)
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        for reader in [*self._readers, *([self._checkpointer] if self._checkpointer else [])]:
+            with contextlib.suppress(Exception):
+                await reader.close()
         async with self._lock:
             with contextlib.suppress(Exception):
                 await self._conn.execute("PRAGMA optimize")
@@ -398,14 +472,27 @@ class Database:
     def now(self) -> float:
         return float(self.clock())
 
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """An idle reader for one query (it sees every committed write)."""
+        if not self._readers:
+            async with self._lock:
+                yield self._conn
+            return
+        reader = await self._free.get()
+        try:
+            yield reader
+        finally:
+            self._free.put_nowait(reader)
+
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with _full_as_store_error():
-            async with self._lock, self._conn.execute(sql, params) as cursor:
+            async with self._reading() as conn, conn.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         with _full_as_store_error():
-            async with self._lock, self._conn.execute(sql, params) as cursor:
+            async with self._reading() as conn, conn.execute(sql, params) as cursor:
                 row: sqlite3.Row | None = await cursor.fetchone()
                 return row
 
@@ -444,7 +531,9 @@ class Database:
         """Read a PRAGMA (e.g. 'journal_mode', 'foreign_keys', 'user_version')."""
         if not re.fullmatch(r"[a-z_]+", name):
             raise StoreError(f"Not a pragma name: {name!r}.")
-        row = await self.one(f"PRAGMA {name}")
+        # The writer's, which the connection-level settings (foreign keys) are about.
+        async with self._lock, self._conn.execute(f"PRAGMA {name}") as cursor:
+            row = await cursor.fetchone()
         return None if row is None else row[0]
 
     async def schema_version(self) -> int:

@@ -7,6 +7,7 @@ from bot.domain import GuildSettings, SafetyMode
 from .database import Database, StoreError, to_datetime
 
 PAUSED_KEY = "queue.paused"
+LOAD_SECONDS_KEY = "load_seconds:{model}"
 
 
 class GuildRepository:
@@ -81,3 +82,14 @@ class StateRepository:
 
     async def set_paused(self, paused: bool) -> None:
         await self.set(PAUSED_KEY, "1" if paused else None)
+
+    async def load_seconds(self, model: str) -> float | None:
+        """How long loading `model` took last time (for "the model is loading, about N s")."""
+        value = await self.get(LOAD_SECONDS_KEY.format(model=model))
+        try:
+            return None if value is None else float(value)
+        except ValueError:
+            return None
+
+    async def set_load_seconds(self, model: str, seconds: float) -> None:
+        await self.set(LOAD_SECONDS_KEY.format(model=model), f"{seconds:.1f}")

@@ -7,13 +7,18 @@ then calls `submit`. Nothing here imports discord or torch. The workers are a
 the next fair batch, so several batches run at once; a lone worker with `run()` and `cancel()`
 is a pool of one.
 
-    scheduler = Scheduler(repos, worker, max_batch=4)
+    scheduler = Scheduler(repos, worker, max_batch=4, batch_window=0.04)
     scheduler.add_listener(listener)   # a SchedulerListener
     await scheduler.recover()          # queued/running jobs from the last run, in order
-    await scheduler.start()
-    gen = await scheduler.submit(request, origin)
+    await scheduler.start()            # jobs wait (with an ETA) while the model still loads
+    with scheduler.arriving(request):  # admission deciding: a batch may wait for it
+        gen = await scheduler.submit(request, origin)
     …
     await scheduler.stop()
+
+A worker is given back as soon as it has answered: the PNGs are encoded (in threads) and the
+results recorded while it already runs its next batch, so the GPU does not wait for the bot's
+bookkeeping.
 
 A full disk stops nothing for good: a result that cannot be saved is held in memory and saved
 again (with backoff) before any new batch starts, queued jobs stay queued, and the listeners
@@ -28,14 +33,17 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from bot.db import DiskFullError, Repositories, StoreError
 from bot.domain import Generation, JobOrigin, Status
 from inference.backend import UP, Slot, WorkerBackend, WorkerStatus
+from inference.engine import encode_pngs
 from inference.request import GenerationRequest, GenerationResult
-from inference.worker import CRASHED_TWICE, WorkerCrashed
+from inference.worker import CRASHED_TWICE, Readiness, WorkerCrashed
 
 from .fair import FairQueue, QueueEntry
 from .workers import OneWorker, WorkerInfo, WorkerLike
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 
 # A job interrupted this many times (the bot died while it ran) is failed instead of retried.
 MAX_RUNS = 3
+# Seconds `stop()` gives batches the workers have finished to be recorded (not run again).
+RECORD_GRACE = 10.0
 
 
 class SchedulerListener(Protocol):
@@ -176,6 +186,9 @@ class _Running:
     progress: float = 0.0  # fraction of the batch's steps done
     cancelled: set[int] = field(default_factory=set)
     recorded: set[int] = field(default_factory=set)  # results written to the database
+    saving: set[int] = field(default_factory=set)  # being written: too late to cancel
+    recording: bool = False  # the worker has answered; the results are being recorded
+    task: asyncio.Task[None] | None = None
     cancel_arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ids(self) -> list[int]:
@@ -197,11 +210,14 @@ class Scheduler:
         lookahead: int | None = None,
         max_runs: int = MAX_RUNS,
         disk_retry: tuple[float, float] = (1.0, 30.0),
+        batch_window: float = 0.0,
     ):
         """Cost is pixels × steps × images, so `initial_cost_per_second` =
         settings.queue.initial_mpix_steps_per_second × 1e6 (the ETA's first guess until a batch
         has been measured). While the disk is full, saving is tried again after
-        `disk_retry[0]` seconds, doubling up to `disk_retry[1]`."""
+        `disk_retry[0]` seconds, doubling up to `disk_retry[1]`. `batch_window`: seconds a
+        free worker may wait for compatible requests that admission is still deciding on, to
+        fill its batch."""
         self.repos = repos
         self.generations = repos.generations
         self.workers: WorkerBackend = (
@@ -211,6 +227,8 @@ class Scheduler:
         self.max_batch = max(1, int(max_batch))
         self.lookahead = lookahead
         self.max_runs = max(1, int(max_runs))
+        self.batch_window = max(0.0, float(batch_window))
+        self._arriving: Counter[tuple[Any, ...]] = Counter()  # batch keys being admitted
         self.queue = FairQueue(quantum)
         # One worker's speed (the moving average of every batch), and each worker's own.
         self.cost_per_second = float(initial_cost_per_second)
@@ -356,6 +374,14 @@ class Scheduler:
                 jobs.setdefault(running.worker, []).extend(running.ids())
         return [WorkerInfo(s, tuple(sorted(jobs.get(s.name, ())))) for s in self.workers.statuses()]
 
+    def readiness(self) -> Readiness:
+        """Whether a worker is up, or how far loading the model has got (members are told)."""
+        return self.workers.readiness()
+
+    def _load_seconds_left(self) -> float:
+        readiness = self.workers.readiness()
+        return 0.0 if readiness.ready else readiness.seconds_left or 0.0
+
     @property
     def pool_cost_per_second(self) -> float:
         """The pool's combined measured speed: the sum over the workers that are up."""
@@ -385,16 +411,21 @@ class Scheduler:
     def _running_remaining_cost(self) -> float:
         return sum(self._remaining_cost(running) for running in self._running.values())
 
-    def _queued_eta(self, cost_until_done: float, own_cost: float) -> float:
+    def _queued_eta(
+        self, cost_until_done: float, own_cost: float, load_left: float | None = None
+    ) -> float:
         """The pool works through the cost ahead at its combined speed; a job never takes
-        less than it would alone on the fastest worker that is up."""
+        less than it would alone on the fastest worker that is up. While the model loads,
+        what is left of loading comes first."""
         up = [self._rate_of(s.name) for s in self.workers.statuses() if s.state in UP]
         fastest = max(up, default=self.cost_per_second)
-        return max(cost_until_done / self.pool_cost_per_second, own_cost / fastest)
+        wait = self._load_seconds_left() if load_left is None else load_left
+        return wait + max(cost_until_done / self.pool_cost_per_second, own_cost / fastest)
 
     def eta_seconds(self, gen_id: int) -> float | None:
         """Seconds until the job is expected to be finished (from the measured cost per
-        second); None if it is neither waiting nor running."""
+        second, plus what is left of loading the model); None if it is neither waiting nor
+        running. Costs no more than a position: the queue keeps its order."""
         running = self._batch_of(gen_id)
         if running is not None:
             return self._remaining_cost(running) / self._rate_of(running.worker)
@@ -405,8 +436,7 @@ class Scheduler:
         remaining = self._running_remaining_cost()
         return self._queued_eta(remaining + ahead + entry.cost, entry.cost)
 
-    def jobs(self) -> list[JobInfo]:
-        """Every running and waiting job, in the order they will finish."""
+    def _running_infos(self) -> list[JobInfo]:
         infos: list[JobInfo] = []
         for running in self._running.values():
             eta = self._remaining_cost(running) / self._rate_of(running.worker)
@@ -415,18 +445,49 @@ class Scheduler:
                     JobInfo(entry.gen_id, entry.user_id, Status.RUNNING, 0, eta, entry.request)
                 )
         infos.sort(key=lambda info: info.eta_seconds)
+        return infos
+
+    def jobs(self) -> list[JobInfo]:
+        """Every running and waiting job, in the order they will finish (O(n): for
+        listings; a member's own jobs are `user_jobs`)."""
+        infos = self._running_infos()
         done_cost = self._running_remaining_cost()
+        load_left = self._load_seconds_left()
         for i, entry in enumerate(self.queue.order(), start=1):
             done_cost += entry.cost
-            eta = self._queued_eta(done_cost, entry.cost)
+            eta = self._queued_eta(done_cost, entry.cost, load_left)
             infos.append(JobInfo(entry.gen_id, entry.user_id, Status.QUEUED, i, eta, entry.request))
         return infos
 
     def user_jobs(self, user_id: int) -> list[JobInfo]:
-        """A member's running and waiting jobs with positions and ETAs."""
-        return [info for info in self.jobs() if info.user_id == user_id]
+        """A member's running and waiting jobs with positions and ETAs (O(own jobs): the
+        queue keeps its fair order)."""
+        infos = [info for info in self._running_infos() if info.user_id == user_id]
+        for entry in self.queue.entries_of(user_id):
+            position, eta = self.position(entry.gen_id), self.eta_seconds(entry.gen_id)
+            if position is None or eta is None:
+                continue
+            infos.append(
+                JobInfo(entry.gen_id, user_id, Status.QUEUED, position, eta, entry.request)
+            )
+        infos.sort(key=lambda info: (info.position, info.eta_seconds))
+        return infos
 
     # -- submitting ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def arriving(self, request: GenerationRequest) -> Iterator[None]:
+        """Held by admission while it decides on a request: a free worker whose batch has
+        room may wait up to `batch_window` for it (and only for such a request)."""
+        key = request.batch_key()
+        self._arriving[key] += 1
+        try:
+            yield
+        finally:
+            self._arriving[key] -= 1
+            if not self._arriving[key]:
+                del self._arriving[key]
+            self._wake.set()
 
     async def submit(self, request: GenerationRequest, origin: JobOrigin) -> Generation:
         """Queue an admitted request: log it `queued`, queue it, tell the listeners.
@@ -466,6 +527,8 @@ class Scheduler:
                 if entry.gen_id == gen_id:
                     if user_id is not None and entry.user_id != user_id:
                         return False
+                    if gen_id in running.saving:
+                        return False  # its result is being written: too late
                     running.cancelled.add(gen_id)
                     running.cancel_arrived.set()
                     if running.slot is not None:  # the worker that runs it, wherever it is
@@ -577,6 +640,16 @@ class Scheduler:
             dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
+        # Batches the workers have finished are recorded (milliseconds), not run again.
+        recording = [
+            r.task for r in self._running.values() if r.recording and r.task and not r.task.done()
+        ]
+        if recording:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.gather(*recording, return_exceptions=True)),
+                    RECORD_GRACE,
+                )
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -632,7 +705,12 @@ class Scheduler:
                 await asyncio.sleep(1.0)
                 continue
             slot = await self.workers.acquire()
-            # Changed while we waited for a worker?
+            try:
+                await self._batching_window()
+            except BaseException:
+                self.workers.release(slot)
+                raise
+            # Changed while we waited for a worker (or for the window)?
             if self._disk_full or self._paused or not self.queue:
                 self.workers.release(slot)
                 continue
@@ -642,6 +720,28 @@ class Scheduler:
                 log.exception("Dispatcher error; retrying in 1 s")
                 self.workers.release(slot)
                 await asyncio.sleep(1.0)
+
+    async def _batching_window(self) -> None:
+        """With a worker in hand: wait up to `batch_window` while the head's batch has room
+        and a compatible request is still being admitted; never when the batch is full or
+        nothing compatible is on its way."""
+        if self.batch_window <= 0:
+            return
+        deadline = time.monotonic() + self.batch_window
+        while True:
+            head = self.queue.peek()
+            if head is None or self._paused or self._disk_full:
+                return
+            if self.queue.compatible(head.batch_key) >= self.max_batch:
+                return
+            if not self._arriving.get(head.batch_key):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
 
     def _note_disk_full(self, error: DiskFullError) -> None:
         """Tell the listeners when the disk fills, and when another result has to wait."""
@@ -701,6 +801,7 @@ class Scheduler:
         number = next(self._batch_numbers)
         self._running[number] = running
         task = asyncio.create_task(self._batch_task(number, running), name=f"easel-batch-{number}")
+        running.task = task
         self._tasks.add(task)
         self._not_busy.clear()
         task.add_done_callback(self._batch_done)
@@ -777,6 +878,14 @@ class Scheduler:
         if not runnable:
             return
         results, elapsed = await self._call_workers(running, requests)
+        # The worker is free for its next batch while these are encoded and recorded.
+        running.recording = True
+        if running.slot is not None:
+            self.workers.release(running.slot)
+            running.slot = None
+        # PNG encoding (PIL releases the GIL) in threads, one per job, off the event loop.
+        unencoded = [r for r in results if any(image.raw is not None for image in r.images)]
+        await asyncio.gather(*(asyncio.to_thread(encode_pngs, r) for r in unencoded))
         by_id = {result.job_id: result for result in results}
         ok_cost, clean = 0, True
         for entry in runnable:
@@ -785,6 +894,9 @@ class Scheduler:
                 result = GenerationResult(
                     str(entry.gen_id), error="The image worker returned no result for this job."
                 )
+            elif entry.gen_id in running.cancelled and not result.cancelled:
+                # Cancelled after the worker made it, before it was recorded: still in time.
+                result = dataclasses.replace(result, cancelled=True, images=[])
             if result.ok:
                 ok_cost += entry.cost
             else:
@@ -798,8 +910,7 @@ class Scheduler:
     ) -> tuple[list[GenerationResult], float | None]:
         """Run the batch on its worker; if that worker dies, once more on the first free one
         (ahead of new batches). Returns the results and the seconds of the attempt that
-        answered (None if none did). The worker stays reserved until the results are
-        recorded, so it takes its next batch only after that."""
+        answered (None if none did)."""
         answered: list[GenerationResult] = []
         retry: asyncio.Future[Slot] | None = None
         for attempt in (1, 2):
@@ -894,6 +1005,7 @@ class Scheduler:
 
     async def _finish(self, running: _Running, entry: QueueEntry, result: GenerationResult) -> None:
         """Record the outcome, then tell the listeners (never the other way round)."""
+        running.saving.add(entry.gen_id)
         try:
             gen = await self.generations.save_result(entry.gen_id, result)
         except DiskFullError as error:

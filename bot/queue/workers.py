@@ -3,12 +3,14 @@ with the jobs it runs (for /queue and the moderators' log)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from inference.backend import Pool, WorkerState, WorkerStatus
 from inference.request import GenerationRequest, GenerationResult
-from inference.worker import JobProgress
+from inference.worker import READY, JobProgress, Readiness
 
 
 @runtime_checkable
@@ -55,9 +57,30 @@ class OneWorker(Pool):
         self.worker = worker
         slot = _LoneSlot(worker)
         self._add(slot)
-        info = dict(getattr(worker, "info", None) or {})  # what a started Worker reported
-        info.setdefault("native_size", getattr(worker, "native_size", 512))
-        self._ready(slot.name, info=info)
+        self._waiting_for_load: asyncio.Task[None] | None = None
+        if not self.readiness().ready:
+            # A launched worker still loading: its slot is handed out once it is ready.
+            with contextlib.suppress(RuntimeError):  # no running loop: taken as ready
+                self._waiting_for_load = asyncio.get_running_loop().create_task(
+                    self._when_loaded(slot.name), name="easel-lone-worker-load"
+                )
+                return
+        self._ready(slot.name, info=self._worker_info())
+
+    def _worker_info(self) -> dict[str, object]:
+        info = dict(getattr(self.worker, "info", None) or {})  # what a started Worker reported
+        info.setdefault("native_size", getattr(self.worker, "native_size", 512))
+        return info
+
+    async def _when_loaded(self, name: str) -> None:
+        wait_ready = getattr(self.worker, "wait_ready", None)
+        try:
+            if wait_ready is not None:
+                await wait_ready()
+        except Exception as error:
+            self._down(name, str(error))
+            return
+        self._ready(name, info=self._worker_info())
 
     @property
     def native_size(self) -> int:
@@ -66,6 +89,12 @@ class OneWorker(Pool):
     @property
     def started(self) -> bool:
         return bool(getattr(self.worker, "alive", True))
+
+    def readiness(self) -> Readiness:
+        """The worker's own word (a launched `Worker` may still be loading)."""
+        readiness = getattr(self.worker, "readiness", None)
+        said = readiness() if callable(readiness) else READY
+        return said if isinstance(said, Readiness) else READY
 
     async def start(self) -> None:
         start = getattr(self.worker, "start", None)

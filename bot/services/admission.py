@@ -101,6 +101,28 @@ class Admission:
             await self._refuse(
                 request, origin, actor, RefusalReason.BAD_INPUT, str(error), line, upload=upload
             )
+        # While this is decided, an idle worker may hold its batch open for it a moment.
+        with self.scheduler.arriving(request):
+            gen = await self._admit_valid(request, origin, actor, upload)
+        if upload is not None:
+            gen = await self.repos.generations.attach_upload(gen.id, upload)
+        line = f"queued #{gen.id} ({origin.kind}): {literal(request.prompt, 300)}"
+        if origin.parent_id is not None:
+            line += f" — from #{origin.parent_id}"
+        if upload is not None:
+            line += " — from an uploaded image"
+        await self.modlog.write(origin.guild_id, line, actor)
+        return gen
+
+    async def _admit_valid(
+        self,
+        request: GenerationRequest,
+        origin: JobOrigin,
+        actor: Actor | None,
+        upload: bytes | None,
+    ) -> Generation:
+        """The checks past validation (words, disk, the upload's screening, the queue's
+        rules), then the submit."""
         banned = await self.words.banned_in(origin.guild_id, request)
         if banned is not None:
             line = f"(banned word “{literal(banned)}”): {literal(request.prompt, 200)}"
@@ -127,14 +149,6 @@ class Admission:
                 # The source generation is unknown: a refusal the member can act on.
                 message = f"{error} Check the number and try again."
                 await self._refuse(request, origin, actor, RefusalReason.BAD_INPUT, message)
-        if upload is not None:
-            gen = await self.repos.generations.attach_upload(gen.id, upload)
-        line = f"queued #{gen.id} ({origin.kind}): {literal(request.prompt, 300)}"
-        if origin.parent_id is not None:
-            line += f" — from #{origin.parent_id}"
-        if upload is not None:
-            line += " — from an uploaded image"
-        await self.modlog.write(origin.guild_id, line, actor)
         return gen
 
     async def _screen(

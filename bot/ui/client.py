@@ -4,8 +4,10 @@ loads the feature extensions, registers the persistent buttons and listens to th
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
+import time
 
 import aiohttp
 import discord
@@ -16,6 +18,7 @@ from bot.queue import Scheduler, WorkerLike
 from bot.services import Services
 from bot.settings import Settings
 from inference.backend import WorkerBackend
+from inference.engine import ModelLoadError
 
 from .actions import Actions
 from .buttons import PERSISTENT_ITEMS
@@ -78,6 +81,9 @@ class EaselBot(commands.Bot):
         self.synced_commands: list[discord.app_commands.AppCommand] = []
         # Seconds `close()` waits for a running batch; 0 on SIGTERM (it runs again next time).
         self.close_grace = 5.0
+        self._loading: asyncio.Task[None] | None = None
+        # Why the bot stopped by itself at start-up (the model could not load), if it did.
+        self.startup_error: ModelLoadError | None = None
 
     async def setup_hook(self) -> None:
         if self.http_session is None:
@@ -92,8 +98,10 @@ class EaselBot(commands.Bot):
                 if self.settings.workers.backend == "ray"
                 else ", ".join(self.settings.worker_devices)
             )
-            log.info("Loading %s on %s …", self.settings.model.id, where)
-            await workers.start()  # returns once the first worker is ready; the others load on
+            log.info("Loading %s on %s in the background …", self.settings.model.id, where)
+            # Online meanwhile: jobs queue (with "the model is loading, about N s") and start
+            # once a worker is ready.
+            self._loading = asyncio.create_task(self._load_model(), name="easel-load-model")
         for name in EXTENSIONS:
             if importlib.util.find_spec(name) is not None:
                 await self.load_extension(name)
@@ -116,6 +124,18 @@ class EaselBot(commands.Bot):
                 len(self.synced_commands),
             )
 
+    async def _load_model(self) -> None:
+        """Start the workers; remember how long loading took, or stop the bot if the model
+        cannot load (`startup_error` is the one line `python -m bot` prints)."""
+        started = time.monotonic()
+        try:
+            await self.scheduler.workers.start()  # once the first worker is ready
+        except ModelLoadError as error:
+            self.startup_error = error
+            await self.close()
+            return
+        await self.repos.state.set_load_seconds(self.settings.model.id, time.monotonic() - started)
+
     async def on_ready(self) -> None:
         log.info(
             "Connected as %s (%s) to %d server(s)",
@@ -136,6 +156,9 @@ class EaselBot(commands.Bot):
         ready_task = getattr(self._connection, "_ready_task", None)
         if ready_task is not None:
             ready_task.cancel()
+        loading = self._loading
+        if loading is not None and not loading.done() and loading is not asyncio.current_task():
+            loading.cancel()  # the workers' own stop() ends what they had started
         await self.scheduler.stop(grace=self.close_grace)
         await self.delivery.close()
         await self.log_channel.close(grace=3.0 if self.close_grace else 1.0)

@@ -218,9 +218,11 @@ class Delivery(QuietListener):
         elif position == 0:
             state = "running" + self._where(gen_id)
         else:
+            loading = scheduler.readiness().describe()
             state = (
-                f"queued, position {position} of {scheduler.waiting_count}, "
-                f"ready in about {render.fmt_seconds(eta)}"
+                f"queued, position {position} of {scheduler.waiting_count}"
+                + (f" ({loading})" if loading else "")
+                + f", ready in about {render.fmt_seconds(eta)}"
             )
         return render.status_text(request, gen_id, state)
 
@@ -236,6 +238,8 @@ class Delivery(QuietListener):
     async def on_started(self, gen: Generation) -> None:
         status = self._status.get(gen.id)
         if status is not None:
+            # The first progress edit comes one interval after this one.
+            status.last_edit = time.monotonic()
             state = f"starting{self._where(gen.id)}…"
             await self._edit_status(
                 gen.id, render.status_text(status.request, gen.id, state), keep_view=True
@@ -248,10 +252,10 @@ class Delivery(QuietListener):
 
     async def on_progress(self, gen_id: int, step: int, total: int) -> None:
         status = self._status.get(gen_id)
-        if status is None:
+        if status is None or step >= total:  # after the last step the result itself comes
             return
         now = time.monotonic()
-        if now - status.last_edit < self.settings.discord.progress_interval and step < total:
+        if now - status.last_edit < self.settings.discord.progress_interval:
             return
         status.last_edit = now
         bar = "█" * round(10 * step / max(total, 1))
@@ -508,7 +512,7 @@ class Delivery(QuietListener):
             extra["attachments"] = []  # a final state (cancelled, failed) keeps no preview
         elif status.preview is not None:
             # A new preview replaces the previous one; edits without one keep it.
-            extra["attachments"] = [discord.File(io.BytesIO(status.preview), "preview.png")]
+            extra["attachments"] = [discord.File(io.BytesIO(status.preview), "preview.jpg")]
             status.preview = None
         try:
             if status.message is not None:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     Pixels = npt.NDArray[np.float32]
+    # (H, W, 3) bytes, as the engine hands a result's pixels over.
+    Bytes = npt.NDArray[np.uint8]
 
 BACKGROUND = (24, 24, 32)
 INK = (235, 235, 240)
@@ -34,12 +36,14 @@ def font(size: int = 14) -> FontT:
         return ImageFont.load_default()
 
 
-def to_image(pixels: Pixels | Image.Image) -> Image.Image:
-    """(H, W, 3) floats in [0, 1] as an RGB image."""
+def to_image(pixels: Pixels | Bytes | Image.Image) -> Image.Image:
+    """(H, W, 3) floats in [0, 1] (or bytes) as an RGB image."""
     if isinstance(pixels, Image.Image):
         return pixels.convert("RGB")
     import numpy as np
 
+    if pixels.dtype == np.uint8:
+        return Image.fromarray(pixels, "RGB")
     return Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype("uint8"), "RGB")
 
 

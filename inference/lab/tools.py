@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ..request import GenerationRequest, GenerationResult
 
     Pixels = npt.NDArray[np.float32]
+    # (H, W, 3) bytes: a plain result's pixels, as the engine hands them over.
+    Bytes = npt.NDArray[np.uint8]
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ class LabTools:
     # --- the safety checker ----------------------------------------------------------------
 
     def check(
-        self, pictures: Sequence[Pixels | Image]
+        self, pictures: Sequence[Pixels | Bytes | Image]
     ) -> list[tuple[bool, tuple[ConceptScore, ...]]]:
         """The safety checker's verdict and per-concept scores for each picture, computed as
         `StableDiffusionSafetyChecker.forward` computes them (without blacking anything out)."""
@@ -257,7 +259,7 @@ class LabTools:
             embeds: torch.Tensor = normalize(self.clip.text_projection(pooled).float(), dim=-1)
         return embeds
 
-    def _image_embeds(self, pictures: Sequence[Pixels | Image]) -> torch.Tensor:
+    def _image_embeds(self, pictures: Sequence[Pixels | Bytes | Image]) -> torch.Tensor:
         import torch
         from torch.nn.functional import normalize
 
@@ -271,7 +273,9 @@ class LabTools:
             embeds: torch.Tensor = normalize(self.clip.visual_projection(pooled).float(), dim=-1)
         return embeds
 
-    def clip_similarity(self, prompt: str, pictures: Sequence[Pixels | Image]) -> list[float]:
+    def clip_similarity(
+        self, prompt: str, pictures: Sequence[Pixels | Bytes | Image]
+    ) -> list[float]:
         """CLIP's cosine similarity of the prompt with each picture, in [-1, 1]."""
         if self.clip is None or not pictures:
             return []
@@ -301,7 +305,7 @@ class LabTools:
     # --- plain results ---------------------------------------------------------------------
 
     def annotate(
-        self, request: GenerationRequest, result: GenerationResult, arrays: Sequence[Pixels]
+        self, request: GenerationRequest, result: GenerationResult, arrays: Sequence[Bytes]
     ) -> None:
         """Add CLIP's score to each image of a plain result (when enabled) and, to a flagged
         image, the checker's per-concept scores (for the moderators' "why")."""

@@ -42,6 +42,20 @@ def test_same_seed_same_bytes(engine):
     assert first == second
 
 
+def test_png_encoded_later_is_the_same_bytes(engine, tiny_model_dir):
+    """With defer_png the engine hands back raw pixels; encode_pngs (the bot, in a thread)
+    then gives exactly the bytes the engine would have written."""
+    from inference.engine import encode_pngs
+
+    deferring = Engine(EngineConfig(model=tiny_model_dir, device="cpu", defer_png=True)).load()
+    (raw,) = deferring.run([request(count=2)])
+    assert all(image.png == b"" and image.raw for image in raw.images)
+    encode_pngs(raw)
+    (direct,) = engine.run([request(count=2)])
+    assert [i.png for i in raw.images] == [i.png for i in direct.images]
+    assert all(image.raw is None for image in raw.images)
+
+
 def test_batch_of_four_with_negatives(engine):
     """A count-4 request with a negative prompt gives four distinct 64 px images."""
     (result,) = engine.run([request(count=4, negative="blurry, text")])
@@ -205,44 +219,181 @@ def test_hub_id_offline_is_one_clear_line():
         Engine(EngineConfig(model="someone/not-a-cached-model", device="cpu")).load()
 
 
-def test_progress_previews_are_small_pngs(tiny_model_dir):
-    """With a preview interval, each request's first image is previewed while it denoises."""
-    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu", preview_interval=1e-6)).load()
-    previews = []
-    engine.run(
-        [request(job_id="a", count=2), request(job_id="b", seed=7)],
-        on_preview=lambda index, png: previews.append((index, png)),
-    )
-    assert {index for index, _ in previews} == {0, 1}
-    assert len(previews) == 2 * 4  # two requests, four steps
-    image = Image.open(io.BytesIO(previews[-1][1]))
-    assert image.format == "PNG" and max(image.size) == 256
-    # Without an interval there are none.
+class FakeClock:
+    """Stands in for `time.perf_counter` in the engine: one second per denoising step."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import inference.engine as engine_module
+
+    fake = FakeClock()
+    monkeypatch.setattr(engine_module.time, "perf_counter", fake.perf_counter)
+    return fake
+
+
+def run_with_steps(engine, clock, requests, **kwargs):
+    """Run, advancing the fake clock a second per step; returns (step of each preview, kind)."""
+    seen = []
+    step_now = [0]
+
+    def progress(step, total):
+        step_now[0] = step
+        clock.now += 1.0
+
+    def preview(index, jpeg):
+        seen.append((step_now[0] + 1, index, jpeg))
+
+    results = engine.run(requests, on_progress=progress, on_preview=preview, **kwargs)
+    return results, seen
+
+
+def test_first_preview_after_one_interval_and_none_at_the_last_step(tiny_model_dir, clock):
+    """Previews start one interval in (not at step 1), come once an interval, never last."""
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu", preview_interval=2.5)).load()
+    _, seen = run_with_steps(engine, clock, [request(steps=10)])
+    assert [step for step, _, _ in seen] == [4, 7]  # at 3 s and 6 s; step 10 is the result
+    image = Image.open(io.BytesIO(seen[0][2]))
+    assert image.format == "JPEG" and max(image.size) == 256
+
+
+def test_previews_of_a_batch_are_one_check_per_interval(tiny_model_dir, clock, monkeypatch):
+    """Each request's first image is previewed; the batch's previews share one checker call."""
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu", preview_interval=1.5)).load()
+    calls = []
+    real = engine._safety_flags
+
+    def counting(images):
+        calls.append(len(images))
+        return real(images)
+
+    monkeypatch.setattr(engine, "_safety_flags", counting)
+    batch = [request(job_id="a", count=2, steps=8), request(job_id="b", seed=7, steps=8)]
+    _, seen = run_with_steps(engine, clock, batch)
+    assert [(step, index) for step, index, _ in seen] == [(s, i) for s in (3, 5, 7) for i in (0, 1)]
+    preview_calls = calls[:-1]  # the last call checks the three result images
+    assert preview_calls and all(n == 2 for n in preview_calls) and calls[-1] == 3
+
+
+def test_previews_stay_within_their_share_of_the_time(tiny_model_dir, clock, monkeypatch):
+    """A slow safety checker (a full-size one on a CPU) makes previews rarer, not the job
+    slower: they take at most PREVIEW_BUDGET of the time."""
+    from inference.engine import PREVIEW_BUDGET
+
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu", preview_interval=1.0)).load()
+    real = engine._safety_flags
+
+    def slow(images):
+        clock.now += 0.5
+        return real(images)
+
+    monkeypatch.setattr(engine, "_safety_flags", slow)
+    _, seen = run_with_steps(engine, clock, [request(steps=40)])
+    # The first at 1 s (step 2: this engine measured previews as free at load); that one cost
+    # 0.5 s, so the next waits until two of them fit in 3 % of the job's time: at 33.3 s.
+    assert PREVIEW_BUDGET == 0.03
+    assert [step for step, _, _ in seen] == [2, 34]
+
+
+def test_a_preview_known_to_be_slow_waits_for_its_budget(tiny_model_dir, clock, monkeypatch):
+    """A preview measured at load to cost 0.6 s comes only once the job has run 20 s (3 %)."""
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu", preview_interval=1.0)).load()
+    engine._preview_each = 0.6
+    _, seen = run_with_steps(engine, clock, [request(steps=30)])
+    # (After it, the measured cost counts: on this fake clock previews then cost nothing.)
+    assert seen[0][0] == 21
+
+
+def test_tiny_decoder_makes_the_previews(tiny_model_dir, preview_decoder_dir, clock):
+    """With model.preview_decoder, previews come from that AutoencoderTiny (loaded through
+    from_pretrained), not from the linear map."""
+    base = dict(model=tiny_model_dir, device="cpu", preview_interval=1.0)
+    linear = Engine(EngineConfig(**base)).load()
+    tiny = Engine(EngineConfig(**base, preview_decoder=preview_decoder_dir)).load()
+    assert type(tiny._preview_decoder).__name__ == "AutoencoderTiny"
+    _, by_linear = run_with_steps(linear, clock, [request(steps=4, width=80, height=48)])
+    _, by_tiny = run_with_steps(tiny, clock, [request(steps=4, width=80, height=48)])
+    assert [s for s, _, _ in by_tiny] == [s for s, _, _ in by_linear] == [2, 3]
+    a = Image.open(io.BytesIO(by_linear[0][2]))
+    b = Image.open(io.BytesIO(by_tiny[0][2]))
+    assert a.size == b.size == (256, 154)
+    assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).mean() > 5
+
+
+def test_no_previews_without_an_interval(engine):
+    """Without an interval there are none."""
     quiet = []
-    Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load().run(
-        [request()], on_preview=lambda index, png: quiet.append(index)
-    )
+    engine.run([request()], on_preview=lambda index, png: quiet.append(index))
     assert quiet == []
+
+
+def test_missing_preview_decoder_is_one_clear_line(tiny_model_dir, tmp_path):
+    """A preview decoder folder that is not there stops the load with one line."""
+    config = EngineConfig(
+        model=tiny_model_dir, device="cpu", preview_decoder=str(tmp_path / "no-taesd")
+    )
+    with pytest.raises(ModelLoadError, match="Preview decoder folder"):
+        Engine(config).load()
 
 
 @pytest.mark.slow
 def test_torch_compile_gives_the_same_image(tiny_model_dir):
-    """torch.compile (off by default) runs and matches eager within 1 per pixel (~1 min on CPU)."""
+    """torch.compile with inductor (channels-last, fused projections, UNet and VAE decoder)
+    matches eager within 1 per pixel. The warm-up is skipped here: over every shape it takes
+    far too long on a CPU (the warm-up itself is the next test's)."""
     eager = Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load()
-    compiled = Engine(EngineConfig(model=tiny_model_dir, device="cpu", compile=True)).load()
+    config = EngineConfig(
+        model=tiny_model_dir, device="cpu", compile=True, extra={"skip_warmup": True}
+    )
+    compiled = Engine(config).load()
     (a,) = eager.run([request()])
     (b,) = compiled.run([request()])
     assert np.abs(pixels(a.images[0].png) - pixels(b.images[0].png)).max() <= 1
 
 
-def test_previews_pass_the_safety_checker_first(flagging_model_dir):
+@pytest.mark.slow
+def test_compile_warm_up_leaves_no_member_a_recompile(tiny_model_dir):
+    """model.compile: after the warm-up at load, every batch size, aspect, guidance and
+    upscale size runs without compiling anything (dynamo counts graphs; the eager backend
+    keeps this to tracing, ~1 min on a CPU)."""
+    from torch._dynamo.utils import counters
+
+    config = EngineConfig(
+        model=tiny_model_dir,
+        device="cpu",
+        compile=True,
+        max_images=8,
+        extra={"compile_backend": "eager"},
+    )
+    engine = Engine(config).load()
+    assert engine.compiled_graphs >= 2 and engine.compile_seconds > 0
+    assert engine.pipe.unet.attn_processors  # fused projections kept working processors
+    before = int(counters["stats"]["unique_graphs"])
+    jobs = [
+        [request(width=80, height=48, count=3, guidance=0.0)],  # wide, no guidance
+        [request(width=48, height=80, count=2, guidance=5.0)],  # tall
+        [request(job_id="a", count=4, seed=1), request(job_id="b", count=4, seed=9)],  # 8
+        [request(count=1, guidance=1.0)],  # guidance 1 runs without classifier-free guidance
+        [request(width=128, height=128)],  # an upscale's size
+    ]
+    for batch in jobs:
+        assert all(result.ok for result in engine.run(batch))
+    assert int(counters["stats"]["unique_graphs"]) == before
+
+
+def test_previews_pass_the_safety_checker_first(flagging_model_dir, clock):
     """A preview the safety checker flags is never sent (previews are shown before results)."""
     engine = Engine(
-        EngineConfig(model=flagging_model_dir, device="cpu", preview_interval=1e-6)
+        EngineConfig(model=flagging_model_dir, device="cpu", preview_interval=1.0)
     ).load()
-    previews = []
-    (result,) = engine.run([request()], on_preview=lambda index, png: previews.append(index))
-    assert previews == [] and result.any_flagged
+    (result,), seen = run_with_steps(engine, clock, [request(steps=10)])
+    assert seen == [] and result.any_flagged
 
 
 # --- the `parameters` text as AUTOMATIC1111 reads it ------------------------------------------
@@ -394,3 +545,69 @@ def test_screen_uses_the_safety_checker(engine, flagging_model_dir):
     assert engine.screen([png.getvalue(), png.getvalue()]) == [False, False]
     flagging = Engine(EngineConfig(model=flagging_model_dir, device="cpu")).load()
     assert flagging.screen([png.getvalue()]) == [True]
+
+
+# -- the safety checker's input, on the device --------------------------------------------------
+
+
+def decoded_images(seed: int, n: int, height: int, width: int) -> torch.Tensor:
+    """Smooth random images (N, 3, H, W) in [0, 1], like decoded ones."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, max(1, height // 8), max(1, width // 8), generator=generator)
+    fine = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
+    return (fine + 0.05 * torch.randn(n, 3, height, width, generator=generator)).clamp(0, 1)
+
+
+def pil_path_flags(engine, images: torch.Tensor) -> list[bool]:
+    """The flags as Easel computed them before: PIL feature extractor, float32 on the CPU."""
+    from diffusers.utils.pil_utils import numpy_to_pil
+
+    stack = images.permute(0, 2, 3, 1).numpy()
+    features = engine.feature_extractor(numpy_to_pil(stack), return_tensors="pt")
+    with torch.inference_mode():
+        _, flags = engine.safety_checker(images=stack.copy(), clip_input=features.pixel_values)
+    return [bool(f) for f in flags]
+
+
+def concept_scores(engine, clip_input: torch.Tensor) -> torch.Tensor:
+    from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance
+
+    checker = engine.safety_checker
+    with torch.inference_mode():
+        embeds = checker.visual_projection(checker.vision_model(clip_input)[1])
+        return cosine_distance(embeds, checker.concept_embeds)
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (48, 80), (512, 512), (512, 768)])
+def test_device_clip_input_matches_the_feature_extractor(engine, height, width):
+    """Resized, cropped and normalised on the device, the checker's input is the PIL path's
+    within a byte per pixel at most (both resize bytes with antialiased bicubic, in two
+    passes)."""
+    from inference.engine import _clip_input_pil
+
+    images = decoded_images(1, 3, height, width)
+    ours = engine.clip_input(images)
+    theirs = _clip_input_pil(engine.feature_extractor, images)
+    assert ours.shape == theirs.shape == (3, 3, 224, 224)
+    difference = (ours - theirs).abs()
+    # One byte is 1 / 255 / std ≈ 0.015 after normalising.
+    assert difference.mean() < 0.001
+    assert difference.max() < 0.035
+
+
+def test_flags_equal_on_both_checker_paths(tiny_model_dir):
+    """With thresholds set so that about half of 24 images are flagged, the device path flags
+    exactly the images the PIL path flags."""
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load()
+    from inference.engine import _clip_input_pil
+
+    images = torch.cat([decoded_images(seed, 4, 64, 64) for seed in range(6)])
+    scores = concept_scores(engine, _clip_input_pil(engine.feature_extractor, images))[:, 0]
+    with torch.no_grad():
+        # Concept 0's threshold at the median score; the other concepts never fire.
+        engine.safety_checker.concept_embeds_weights.fill_(10.0)
+        engine.safety_checker.concept_embeds_weights[0] = float(scores.median())
+        engine.safety_checker.special_care_embeds_weights.fill_(10.0)
+    expected = pil_path_flags(engine, images)
+    assert 0 < sum(expected) < len(expected)
+    assert engine._safety_flags(images) == expected

@@ -180,3 +180,55 @@ def alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_launch_returns_at_once_and_run_waits_for_the_model(tiny_model_dir):
+    """launch() does not wait for the model; readiness says it is loading (about N s, from
+    the last load time); a batch sent meanwhile runs once the model is ready."""
+    config = EngineConfig(model=tiny_model_dir, device="cpu", extra={"load_delay": 1.5})
+    worker = Worker(config, expected_load_seconds=40)
+    worker.launch()
+    try:
+        readiness = worker.readiness()
+        assert not readiness.ready and readiness.seconds_left is not None
+        assert 30 < readiness.seconds_left <= 40
+        assert readiness.describe().startswith("the model is loading, about ")
+        while worker.native_size != 64:  # read from the config files before the weights
+            await asyncio.sleep(0.05)
+        assert not worker.ready
+        (result,) = await worker.run([request("early")])
+        assert result.ok and worker.ready and worker.readiness().describe() == ""
+    finally:
+        await worker.stop()
+
+
+async def test_a_first_download_reports_its_progress(tmp_path, monkeypatch, capfd):
+    """While a hub model loads, bytes arriving in the hub cache are reported to the bot and
+    logged; a model that cannot be fetched still fails with one clear line."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    blobs = tmp_path / "models--someone--uncached-model" / "blobs"
+    config = EngineConfig(
+        model="someone/uncached-model",
+        device="cpu",
+        extra={"load_delay": 3.0, "download_poll": 0.1},
+    )
+    worker = Worker(config)
+    worker.launch()
+    try:
+        await asyncio.sleep(1.0)  # the watcher has taken its first look
+        blobs.mkdir(parents=True)
+        partial = tmp_path / "partial"
+        partial.write_bytes(b"\0" * 25_000_000)
+        partial.rename(blobs / "abc.incomplete")  # all at once, as far as the watcher sees
+        while worker.readiness().phase != "downloading":
+            await asyncio.sleep(0.05)
+        readiness = worker.readiness()
+        assert readiness.downloaded_bytes == 25_000_000 and readiness.seconds_left is None
+        assert readiness.describe() == (
+            "the model is downloading (25 MB so far; a first start only)"
+        )
+        with pytest.raises(ModelLoadError, match="cannot be reached"):
+            await worker.wait_ready()
+    finally:
+        await worker.stop()
+    assert "Downloading someone/uncached-model: 0.03 GB so far" in capfd.readouterr().err

@@ -166,7 +166,9 @@ async def test_disk_full_while_jobs_run_keeps_everything_and_delivers_it_once(
                 assert answer.ephemeral
                 assert answer.content == "The server's disk is full; try again later."
                 statuses = [(await bot.repos.generations.get(i)).status for i in (first, second)]
-                assert statuses == ["running", "queued"]
+                # The worker took the second job as soon as it had answered the first, before the
+                # disk was known to be full: it waits in the queue, or its result in memory.
+                assert statuses[0] == "running" and statuses[1] in ("queued", "running")
                 assert not results(fd, first) and not results(fd, second)
 
                 disk.free()

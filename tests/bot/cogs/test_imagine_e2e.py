@@ -73,8 +73,12 @@ async def test_imagine_posts_result_with_images_embed_and_buttons(world):
     """An answer within the deadline, then a channel message with PNGs, recipe and buttons."""
     fd, _bot = world
     alice = fd.add_member("alice")
+    # Enough steps (about a second here) for progress edits and a preview, which come one
+    # progress interval (0.2 s in these tests) after the job starts.
     handle = await fd.invoke(
-        alice, "imagine", {"prompt": "a red fox", "seed": 1234, "count": 2, "aspect": "wide"}
+        alice,
+        "imagine",
+        {"prompt": "a red fox", "seed": 1234, "count": 2, "aspect": "wide", "steps": 50},
     )
     first = await handle.response()
     assert first.elapsed < 3.0
@@ -99,6 +103,7 @@ async def test_imagine_posts_result_with_images_embed_and_buttons(world):
     await fd.wait_until(lambda: status.deleted, timeout=10)
     contents = [h.get("content") or "" for h in status.history]
     assert any("step" in c for c in contents)
+    assert not any("step 50 of 50" in c for c in contents)  # the result says that
     # ...with a rough preview of the image attached along the way.
     assert any(h.get("attachments") for h in status.history)
 

@@ -120,6 +120,10 @@ async def test_info_shows_three_generation_chain(fd, bot):
     mid = await result(fd, mid_id)
     leaf_id = await queued_id(await fd.click(erin, mid, button(mid, "V1")))
     await result(fd, leaf_id)
+    # The message's link is recorded just after the message is posted (reads no longer queue
+    # behind writes, so /info can run in between).
+    while (await bot.repos.generations.get(leaf_id)).message_id is None:
+        await asyncio.sleep(0.02)
     info = await fd.invoke(finn, "info", {"generation": leaf_id})
     embed = (await info.response()).message.embeds[0]
     fields = {f["name"]: f["value"] for f in embed["fields"]}

@@ -14,7 +14,7 @@ from bot.services.words import WordLists
 from bot.settings import ModerationSettings, QueueSettings, Settings
 from inference.backend import Pool
 from inference.request import GeneratedImage, GenerationRequest, GenerationResult
-from inference.worker import WorkerCrashed
+from inference.worker import Readiness, WorkerCrashed
 
 
 def req(prompt: str = "a fox", **overrides) -> GenerationRequest:
@@ -28,15 +28,19 @@ def entry(gen_id: int, user_id: int, cost: int = 100, key: object = "k") -> Queu
     return QueueEntry(gen_id, user_id, request, cost, (key,))
 
 
-def ok_result(request: GenerationRequest) -> GenerationResult:
+def ok_result(request: GenerationRequest, *, raw: bool = False) -> GenerationResult:
+    """Made images; with `raw`, left unencoded as the engine leaves them for the scheduler
+    (pixels and recipe, no PNG yet)."""
     seeds = request.image_seeds()
     images = [
         GeneratedImage(
-            png=b"\x89PNG" + request.job_id.encode() + bytes([i]),
+            png=b"" if raw else b"\x89PNG" + request.job_id.encode() + bytes([i]),
             seed=seed,
             index=i,
             width=request.width,
             height=request.height,
+            raw=bytes(request.width * request.height * 3) if raw else None,
+            recipe={"seed": seed} if raw else None,
         )
         for i, seed in enumerate(seeds)
     ]
@@ -46,8 +50,9 @@ def ok_result(request: GenerationRequest) -> GenerationResult:
 class FakeWorker:
     """Answers at once (or when released, with `manual=True`); honours cancel like the real one."""
 
-    def __init__(self, *, manual: bool = False, on_batch=None):
+    def __init__(self, *, manual: bool = False, on_batch=None, raw: bool = False):
         self.manual = manual
+        self.raw = raw  # images left for the scheduler to encode
         self.on_batch = on_batch
         self.calls: list[list[GenerationRequest]] = []
         self.cancelled: set[str] = set()
@@ -55,6 +60,10 @@ class FakeWorker:
         self.fail_with: Exception | None = None
         self.drop_last = False
         self.arrived = asyncio.Event()
+        # Loaded at once unless a test says otherwise (`loaded.clear()`, then `.set()`).
+        self.loaded = asyncio.Event()
+        self.loaded.set()
+        self.load_seconds_left = 20.0
 
     async def run(self, batch, on_progress=None):
         self.calls.append(list(batch))
@@ -86,13 +95,21 @@ class FakeWorker:
             elif outcome == "error":
                 results.append(GenerationResult(job_id=request.job_id, error="The worker crashed."))
             else:
-                results.append(ok_result(request))
+                results.append(ok_result(request, raw=self.raw))
         if self.drop_last or outcome == "partial":
             results = results[:-1]
         return results
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.add(job_id)
+
+    async def wait_ready(self) -> None:
+        await self.loaded.wait()
+
+    def readiness(self) -> Readiness:
+        if self.loaded.is_set():
+            return Readiness(True, "ready")
+        return Readiness(False, "loading", seconds_left=self.load_seconds_left)
 
     async def wait_pending(self, *, not_job: str | None = None) -> list[GenerationRequest]:
         """Wait until a batch is held (one without job `not_job`); return it."""

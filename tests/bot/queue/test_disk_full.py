@@ -36,19 +36,26 @@ async def test_a_job_running_when_the_disk_fills_is_kept_and_delivered_once(
     repos, make_scheduler, database_too
 ):
     """The disk fills while a job runs: its result waits in memory, the next job stays queued,
-    and both end exactly once (the first is not run again) when there is space."""
+    and both end exactly once (the first is not run again) when there is space.
+
+    A worker is free for its next batch as soon as it has answered, while the results are
+    saved; so what stays queued is a job that arrives once the disk is known to be full (with
+    the database full too, a job queued before cannot even be marked running)."""
     worker = FakeWorker(manual=True)
     scheduler = await make_scheduler(worker, disk_retry=(0.02, 0.05))
     events = DiskEvents(repos)
     scheduler.add_listener(events)
     first = await scheduler.submit(req(steps=4), JobOrigin(user_id=1))
-    second = await scheduler.submit(req(steps=6), JobOrigin(user_id=2))  # another batch
+    if database_too:
+        second = await scheduler.submit(req(steps=6), JobOrigin(user_id=2))  # another batch
     await scheduler.start()
     await worker.wait_pending()
     disk = FullDisk(repos)
     disk.fill(database=database_too)
     worker.release()
     await wait_for(lambda: scheduler.disk_full and scheduler.held_ids == [first.id])
+    if not database_too:
+        second = await scheduler.submit(req(steps=6), JobOrigin(user_id=2))
     await asyncio.sleep(0.2)  # several tries to save, all failing
     assert await statuses(repos, [first.id, second.id]) == ["running", "queued"]
     assert [len(call) for call in worker.calls] == [1]  # nothing new started meanwhile

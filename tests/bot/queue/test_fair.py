@@ -170,3 +170,80 @@ def test_restore_puts_a_batch_back_where_it_was():
         queue.restore(batch)
         assert [e.gen_id for e in queue.order()] == before
         assert {u: c for u, c in queue.served.items() if c} == served
+
+
+def reference_order(queue: FairQueue) -> list[int]:
+    """The fair order by simulating DRR from the queue's state (how it was computed before
+    the order was kept incrementally): the definition the kept order must match."""
+    import heapq
+
+    q = queue.quantum
+    heap = []
+    for user in queue._users.values():
+        visit = queue._round if user.seq >= queue._cursor else queue._round + 1
+        ready = -((-(user.base + user.jobs[0].cost)) // q)
+        heap.append((max(visit, ready), user.seq, 0, user.base, user))
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        rnd, seq, idx, base, user = heapq.heappop(heap)
+        entry = user.jobs[idx]
+        order.append(entry.gen_id)
+        base += entry.cost
+        if idx + 1 < len(user.jobs):
+            ready = -((-(base + user.jobs[idx + 1].cost)) // q)
+            heapq.heappush(heap, (max(rnd, ready), seq, idx + 1, base, user))
+    return order
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "push", "pop", "remove", "restore"]),
+            st.integers(0, 5),
+            st.integers(1, 60),
+            st.integers(1, 4),
+        ),
+        max_size=80,
+    ),
+    quantum=st.sampled_from([1, 1, 10, 100]),
+)
+def test_kept_order_equals_a_full_simulation(ops, quantum):
+    """After any mix of pushes, batches, cancels and restores, positions and costs ahead are
+    the ones a full DRR simulation of the queue gives."""
+    queue = FairQueue(quantum)
+    next_id = 0
+    last_batch: list = []
+    for op, user, cost, size in ops:
+        if op == "push":
+            queue.push(entry(next_id, user, cost, key=cost % 2))
+            next_id += 1
+        elif op == "pop":
+            last_batch = queue.pop_batch(size)
+        elif op == "remove" and queue.ids():
+            queue.remove(sorted(queue.ids())[cost % len(queue.ids())])
+        elif op == "restore" and last_batch:
+            queue.restore(last_batch)
+            last_batch = []
+        expected = reference_order(queue)
+        assert [e.gen_id for e in queue.order()] == expected
+        ahead = 0
+        for position, gen_id in enumerate(expected):
+            assert queue.position(gen_id) == position
+            assert queue.cost_ahead(gen_id) == ahead
+            ahead += queue.get(gen_id).cost
+        assert sum(queue.compatible((k,)) for k in (0, 1)) == len(queue)
+
+
+def test_order_is_kept_across_many_blocks():
+    """With thousands waiting (many internal blocks), positions still follow the fair order."""
+    queue = FairQueue()
+    for i in range(3000):
+        queue.push(entry(i, user_id=i % 7, cost=1 + (i * 37) % 500))
+    for _ in range(50):
+        queue.pop_batch(4)
+    queue.remove(1234)
+    expected = reference_order(queue)
+    assert [e.gen_id for e in queue.order()] == expected
+    assert [queue.position(g) for g in expected[::97]] == list(range(0, len(expected), 97))

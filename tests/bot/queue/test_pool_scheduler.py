@@ -281,7 +281,10 @@ class PoolQueueMachine(QueueMachine):
                     if s.running_ids == held:
                         return
                 await asyncio.sleep(0.001)
-            raise AssertionError("the scheduler did not settle")
+            raise AssertionError(
+                f"the scheduler did not settle: running {s.running_ids}, held by workers "
+                f"{held}, workers {[st.state for st in self.pool.statuses()]}"
+            )
 
         self.run(wait())
 

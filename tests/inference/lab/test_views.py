@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from inference.engine import Engine, EngineConfig
@@ -249,10 +250,11 @@ def test_grid_cells_are_the_images_of_their_recipes(engine):
 def test_safety_scores_agree_with_the_checker(engine, flagging_model_dir):
     """The lab's per-concept scores reach the checker's own verdict, flagged or not."""
     images = [np.random.default_rng(k).random((64, 64, 3), dtype=np.float32) for k in range(3)]
-    assert [f for f, _ in engine.lab.check(images)] == engine._safety_flags(images) == [False] * 3
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # as the engine decodes
+    assert [f for f, _ in engine.lab.check(images)] == engine._safety_flags(batch) == [False] * 3
     flagging = Engine(EngineConfig(model=flagging_model_dir, device="cpu")).load()
     checked = flagging.lab.check(images)
-    assert [f for f, _ in checked] == flagging._safety_flags(images) == [True] * 3
+    assert [f for f, _ in checked] == flagging._safety_flags(batch) == [True] * 3
     scores = checked[0][1]
     assert len(scores) == 20 and all(s.score > 0 for s in scores if s.group == "concept")
     [made] = flagging.run([recipe(job_id="16")])
