@@ -171,7 +171,11 @@ class Pool:
         members = list(self._members.values())
         if any(member.status.state in UP for member in members):
             return READY
-        readings = [self._member_readiness(m.slot) for m in members]
+        if members and all(m.status.state == WorkerState.DOWN for m in members):
+            return Readiness(False, "down")
+        readings = [
+            self._member_readiness(m.slot) for m in members if m.status.state != WorkerState.DOWN
+        ]
         downloading = [r for r in readings if r.phase == "downloading"]
         if downloading:
             return max(downloading, key=lambda r: r.downloaded_bytes)

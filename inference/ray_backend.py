@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .backend import Pool, WorkerState
@@ -250,6 +251,7 @@ class RayPool(Pool):
             raise ModelLoadError(RAY_MISSING) from None
         self._started = True
         self._stopping = False
+        self._started_at = time.monotonic()
         if not ray.is_initialized():
             try:
                 await asyncio.to_thread(

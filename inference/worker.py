@@ -142,7 +142,8 @@ class Readiness:
     """What the bot tells members while the model loads."""
 
     ready: bool
-    phase: str = "starting"  # starting, downloading, loading, warming up; "ready" when ready
+    # starting, downloading, loading, warming up; "ready" when ready, "down" when none can be
+    phase: str = "starting"
     downloaded_bytes: int = 0
     seconds_left: float | None = None  # None while downloading (the total is not known)
 
@@ -150,6 +151,8 @@ class Readiness:
         """'the model is loading, about 20 s' (empty once it is ready)."""
         if self.ready:
             return ""
+        if self.phase == "down":
+            return "no image worker is running (the log says why)"
         if self.phase == "downloading":
             done = self.downloaded_bytes
             amount = f"{done / 1e9:.1f} GB" if done >= 1e9 else f"{done / 1e6:.0f} MB"
@@ -579,6 +582,15 @@ class Worker:
             await self._kill()
             raise
 
+    async def _ready_or_restarted(self) -> None:
+        """Wait for the model; a process that failed to load (a restart) is started anew."""
+        ready = self._ready
+        failed = ready is not None and ready.done() and ready.exception() is not None
+        if failed and not self.alive:
+            await self._restart()
+        else:
+            await self.wait_ready()
+
     def _log_ready(self) -> None:
         log.info(
             "Worker %s ready in %.1f s: %s on %s",
@@ -674,7 +686,7 @@ class Worker:
         the process is restarted and the batch retried once, then failed. Waits for the
         model if it is still loading (a load that fails raises ModelLoadError)."""
         async with self._run_lock:
-            await self.wait_ready()
+            await self._ready_or_restarted()
             for attempt in (1, 2):
                 if not self.alive:
                     await self._restart()
@@ -743,7 +755,7 @@ class Worker:
         the checker: after the batch running now, before the next one. A crash restarts the
         worker and asks once more; a second one raises WorkerCrashed, a bad image RuntimeError."""
         async with self._run_lock:
-            await self.wait_ready()
+            await self._ready_or_restarted()
             for _attempt in (1, 2):
                 if not self.alive:
                     await self._restart()

@@ -443,12 +443,19 @@ class Database:
 
     async def _checkpoint_loop(self, conn: aiosqlite.Connection, every: float) -> None:
         """Copy the WAL into the database now and then; PASSIVE waits for no one."""
+        failing = False
         while True:
             await asyncio.sleep(every)
             try:
                 await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except Exception as error:  # busy or a disk problem: the next round tries again
-                log.warning("WAL checkpoint failed: %s", error)
+                if not failing:  # once, not every few seconds while the disk is full
+                    log.warning(
+                        "WAL checkpoint failed (tried again every %.0f s): %s", every, error
+                    )
+                failing = True
+            else:
+                failing = False
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -195,6 +195,17 @@ class _Running:
         return [entry.gen_id for entry in self.entries]
 
 
+def _encode(result: GenerationResult) -> None:
+    """Encode a result's PNGs in place; one that cannot be encoded fails that job alone (the
+    batch is not run again)."""
+    try:
+        encode_pngs(result)
+    except Exception as error:
+        log.exception("Could not encode the images of job %s", result.job_id)
+        result.images = []
+        result.error = f"The images could not be saved as PNG ({type(error).__name__})."
+
+
 class Scheduler:
     """The durable fair queue: submit, cancel, pause, positions/ETA, recovery, dispatch."""
 
@@ -634,12 +645,13 @@ class Scheduler:
                 self.held_ids,
             )
         if dispatcher is not None:
-            if grace > 0 and self.busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._not_busy.wait()), grace)
+            # No new batch first: one started during the grace would only be cut short.
             dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
+            if grace > 0 and self.busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._not_busy.wait()), grace)
         # Batches the workers have finished are recorded (milliseconds), not run again.
         recording = [
             r.task for r in self._running.values() if r.recording and r.task and not r.task.done()
@@ -885,7 +897,7 @@ class Scheduler:
             running.slot = None
         # PNG encoding (PIL releases the GIL) in threads, one per job, off the event loop.
         unencoded = [r for r in results if any(image.raw is not None for image in r.images)]
-        await asyncio.gather(*(asyncio.to_thread(encode_pngs, r) for r in unencoded))
+        await asyncio.gather(*(asyncio.to_thread(_encode, r) for r in unencoded))
         by_id = {result.job_id: result for result in results}
         ok_cost, clean = 0, True
         for entry in runnable:

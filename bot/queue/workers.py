@@ -100,6 +100,7 @@ class OneWorker(Pool):
         start = getattr(self.worker, "start", None)
         if start is not None and not self.started:
             await start()
+            self._ready("worker", info=self._worker_info())
 
     async def stop(self, *, grace: float = 10.0) -> None:
         return None  # its owner stops it

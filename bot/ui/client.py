@@ -89,19 +89,6 @@ class EaselBot(commands.Bot):
         if self.http_session is None:
             self.http_session = aiohttp.ClientSession()
             self._owns_http_session = True
-        # discord.py calls this after the token was accepted: a bad token is reported at once,
-        # not after minutes of loading the model, which happens now (before the queue runs).
-        workers = self.scheduler.workers
-        if not workers.started:
-            where = (
-                f"the Ray cluster at {self.settings.workers.ray_address}"
-                if self.settings.workers.backend == "ray"
-                else ", ".join(self.settings.worker_devices)
-            )
-            log.info("Loading %s on %s in the background …", self.settings.model.id, where)
-            # Online meanwhile: jobs queue (with "the model is loading, about N s") and start
-            # once a worker is ready.
-            self._loading = asyncio.create_task(self._load_model(), name="easel-load-model")
         for name in EXTENSIONS:
             if importlib.util.find_spec(name) is not None:
                 await self.load_extension(name)
@@ -123,6 +110,18 @@ class EaselBot(commands.Bot):
                 "Synced %d commands globally (they can take a while to appear)",
                 len(self.synced_commands),
             )
+        # discord.py calls this after the token was accepted: a bad token is reported at once,
+        # not after minutes of loading the model, which starts now, last. Easel is online
+        # meanwhile: jobs queue ("the model is loading, about N s") and start once a worker is
+        # ready.
+        if not self.scheduler.workers.started:
+            where = (
+                f"the Ray cluster at {self.settings.workers.ray_address}"
+                if self.settings.workers.backend == "ray"
+                else ", ".join(self.settings.worker_devices)
+            )
+            log.info("Loading %s on %s in the background …", self.settings.model.id, where)
+            self._loading = asyncio.create_task(self._load_model(), name="easel-load-model")
 
     async def _load_model(self) -> None:
         """Start the workers; remember how long loading took, or stop the bot if the model

@@ -214,8 +214,7 @@ class LabTools:
         images = [to_image(p) for p in pictures]
         out: list[tuple[bool, tuple[ConceptScore, ...]]] = []
         for start in range(0, len(images), 8):
-            features = extractor(images[start : start + 8], return_tensors="pt")
-            clip_input = features.pixel_values.to(self.engine.device, checker.dtype)
+            clip_input = self._checker_input(images[start : start + 8])
             with torch.inference_mode():
                 pooled = checker.vision_model(clip_input)[1]
                 embeds = checker.visual_projection(pooled)
@@ -242,6 +241,19 @@ class LabTools:
                     flagged = flagged or score > 0
                 out.append((flagged, tuple(scores)))
         return out
+
+    def _checker_input(self, images: Sequence[Image]) -> torch.Tensor:
+        """The checker's input, made on the device as the engine makes it for results (one
+        picture at a time: the lab's pictures come in different sizes)."""
+        import numpy as np
+        import torch
+
+        parts = []
+        for image in images:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.engine.device)
+            parts.append(self.engine.clip_input(batch))
+        return torch.cat(parts)
 
     # --- CLIP ------------------------------------------------------------------------------
 

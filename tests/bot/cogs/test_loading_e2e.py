@@ -56,3 +56,4 @@ def test_readiness_wording(phase):
         "the model is downloading (2.5 GB so far; a first start only)"
     )
     assert Readiness(True, "ready").describe() == ""
+    assert Readiness(False, "down").describe() == "no image worker is running (the log says why)"

@@ -170,3 +170,45 @@ async def test_a_cancel_while_the_result_is_written_is_too_late(repos, make_sche
     may_write.set()
     await scheduler.idle()
     assert (await repos.generations.get(gen.id)).status == "done"
+
+
+async def test_a_result_that_cannot_be_encoded_fails_alone(repos, make_scheduler, monkeypatch):
+    """An encoding error fails that job only; its batch mates are saved and nothing runs
+    again."""
+    import bot.queue.scheduler as scheduler_module
+
+    worker = FakeWorker(raw=True)
+    scheduler = await make_scheduler(worker, max_batch=2)
+    real_encode = scheduler_module.encode_pngs
+    gens = [await scheduler.submit(req(), JobOrigin(user_id=u)) for u in (1, 2)]
+
+    def encode(result):
+        if result.job_id == str(gens[0].id):
+            raise MemoryError("no room for the PNG")
+        return real_encode(result)
+
+    monkeypatch.setattr(scheduler_module, "encode_pngs", encode)
+    await scheduler.start()
+    await scheduler.idle()
+    bad, good = [await repos.generations.get(g.id) for g in gens]
+    assert bad.status == "failed" and "could not be saved as PNG" in bad.error
+    assert good.status == "done" and good.images
+    assert len(worker.calls) == 1
+
+
+async def test_stop_with_grace_starts_no_new_batch(repos, make_scheduler):
+    """During stop's grace the running batch may finish, but nothing new is started (it would
+    only be cut short and counted as interrupted)."""
+    worker = FakeWorker(manual=True)
+    scheduler = await make_scheduler(worker, max_batch=1)
+    first = await scheduler.submit(req(), JobOrigin(user_id=1))
+    second = await scheduler.submit(req(), JobOrigin(user_id=2))
+    await scheduler.start()
+    await worker.wait_pending()
+    stopping = asyncio.create_task(scheduler.stop(grace=2.0))
+    await asyncio.sleep(0.05)
+    worker.release()
+    await asyncio.wait_for(stopping, 5)
+    assert len(worker.calls) == 1
+    assert (await repos.generations.get(first.id)).status == "done"
+    assert (await repos.generations.get(second.id)).status == "queued"
