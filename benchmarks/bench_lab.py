@@ -38,26 +38,6 @@ VIEWS = ("steps", "words", "noise", "clip")
 TARGETS = {"steps": "≤ 1.3×", "words": "≤ 1.3×", "noise": "< 0.2×", "clip": ""}
 
 
-def real_size_checker(folder: Path) -> None:
-    """Replace the toy safety checker of a dummy pipeline by one of the real size."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig
-
-    config = CLIPConfig(
-        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1},
-        vision_config={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_attention_heads": 16,
-            "num_hidden_layers": 24,
-            "image_size": 224,
-            "patch_size": 14,
-        },
-        projection_dim=768,
-    )
-    StableDiffusionSafetyChecker(config).save_pretrained(folder / "safety_checker")
-
-
 def timed(engine: Engine, request: GenerationRequest) -> tuple[float, int]:
     """Seconds for one request, and how many pictures the safety checker saw for it."""
     started = time.perf_counter()
@@ -132,9 +112,7 @@ def bench(engine: Engine, title: str, size: int, steps: int, repeats: int) -> No
 
 
 def run(preset: str, folder: Path, size: int, steps: int, repeats: int) -> None:
-    model = save_dummy_model(folder / preset, preset)
-    if preset == "sd15":
-        real_size_checker(model)
+    model = save_dummy_model(folder / preset, preset)  # sd15 comes with a real-size checker
     clip = save_clip(folder / f"clip-{preset}", preset)
     taesd = save_frame_decoder(folder / f"taesd-{preset}", preset)
     for decoder, name in (("", "VAE frames"), (str(taesd), "tiny decoder frames")):
