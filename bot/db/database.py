@@ -520,6 +520,16 @@ class Database:
             async with self._lock, self._conn.execute(sql, params) as cursor:
                 return int(cursor.lastrowid or 0)
 
+    async def insert_returning(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row:
+        """One `INSERT … RETURNING …`; returns the new row as it was written (one trip to the
+        database instead of an insert and a read)."""
+        with _full_as_store_error():
+            async with self._lock, self._conn.execute(sql, params) as cursor:
+                row: sqlite3.Row | None = await cursor.fetchone()
+        if row is None:
+            raise StoreError("The new row was not returned.")
+        return row
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """`async with db.transaction() as conn:` — BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""

@@ -189,7 +189,8 @@ class GenerationRepository:
         refusal_message: str | None = None,
         review: ReviewState | None = None,
         keep_parent: bool = True,
-    ) -> int:
+    ) -> Generation:
+        """Write the row and return it as written (a new generation has no images yet)."""
         try:
             kind = Kind(origin.kind)
         except ValueError:
@@ -202,13 +203,14 @@ class GenerationRepository:
         if not keep_parent:
             parent_id = parent_index = None
         try:
-            return await self.db.insert(
-                """
+            row = await self.db.insert_returning(
+                f"""
                 INSERT INTO generations (
                     user_id, user_name, guild_id, channel_id, kind, parent_id,
                     parent_image_index, prompt, negative, recipe, status, refusal_reason,
                     refusal_message, review, created_at, queued_at, search_text
                 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                RETURNING {GEN_COLUMNS}
                 """,
                 (
                     int(origin.user_id),
@@ -234,6 +236,7 @@ class GenerationRepository:
             if parent_id is not None and "FOREIGN KEY" in str(error).upper():
                 raise StoreError(f"Generation #{parent_id} does not exist.") from None
             raise
+        return generation_from_row(row)
 
     async def create(self, request: GenerationRequest, origin: JobOrigin) -> Generation:
         """Log an accepted request as `queued` and return it (its id is the job id).
@@ -242,8 +245,7 @@ class GenerationRepository:
         recipe. The request's source image (vary/upscale) is not stored: the source is
         `parent_id` + `parent_image_index`, whose file is on disk.
         """
-        gen_id = await self._insert(request.with_seed(), origin, status=Status.QUEUED)
-        return await self.require(gen_id)
+        return await self._insert(request.with_seed(), origin, status=Status.QUEUED)
 
     async def log_refusal(
         self,
@@ -268,7 +270,7 @@ class GenerationRepository:
         if review is None:
             review = reason.needs_review
         keep_parent = origin.parent_id is None or await self.exists(origin.parent_id)
-        gen_id = await self._insert(
+        return await self._insert(
             request,
             origin,
             status=Status.BLOCKED,
@@ -277,7 +279,6 @@ class GenerationRepository:
             review=ReviewState.PENDING if review else None,
             keep_parent=keep_parent,
         )
-        return await self.require(gen_id)
 
     # -- status transitions --------------------------------------------------------------------
 

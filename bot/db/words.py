@@ -10,6 +10,10 @@ from .database import Database, StoreError
 class WordRepository:
     def __init__(self, db: Database):
         self.db = db
+        # Every request reads its server's list; this process is the only writer, so a copy
+        # kept here (dropped on every change) stays true and saves a trip to the database.
+        self._lists: dict[int, list[str]] = {}
+        self._changes = 0  # a read that overlapped a change is not kept
 
     async def add(self, guild_id: int, word: str, *, by: int | None = None) -> bool:
         """Add a (normalised, by the caller) word to a server's list; False if already there."""
@@ -23,6 +27,7 @@ class WordRepository:
             """,
             (int(guild_id), word, by, self.db.now()),
         )
+        self._forget(guild_id)
         return bool(changed)
 
     async def remove(self, guild_id: int, word: str) -> bool:
@@ -31,14 +36,25 @@ class WordRepository:
             "DELETE FROM banned_words WHERE guild_id = ? AND word = ?",
             (int(guild_id), word.strip()),
         )
+        self._forget(guild_id)
         return bool(changed)
 
     async def of_guild(self, guild_id: int) -> list[str]:
         """A server's banned words, sorted."""
-        rows = await self.db.all(
-            "SELECT word FROM banned_words WHERE guild_id = ? ORDER BY word", (int(guild_id),)
-        )
-        return [row["word"] for row in rows]
+        cached = self._lists.get(int(guild_id))
+        if cached is None:
+            changes = self._changes
+            rows = await self.db.all(
+                "SELECT word FROM banned_words WHERE guild_id = ? ORDER BY word", (int(guild_id),)
+            )
+            cached = [row["word"] for row in rows]
+            if changes == self._changes:
+                self._lists[int(guild_id)] = cached
+        return list(cached)
+
+    def _forget(self, guild_id: int) -> None:
+        self._changes += 1
+        self._lists.pop(int(guild_id), None)
 
     async def seed(self, guild_id: int, words: Iterable[str]) -> bool:
         """Copy the configured default words into a server's list once (the first time only, so
@@ -67,4 +83,5 @@ class WordRepository:
                 """,
                 (int(guild_id), now),
             )
+        self._forget(guild_id)
         return True

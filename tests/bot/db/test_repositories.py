@@ -512,6 +512,39 @@ async def test_banned_words_per_server(repos):
         await repos.words.add(1, "  ")
 
 
+async def test_a_word_list_read_during_a_change_is_not_kept(repos, monkeypatch):
+    """The lists are kept in memory between changes; a read that a change overtook is
+    answered but not kept, so the next request sees the new word."""
+    await repos.words.add(1, "owl")
+    assert await repos.words.of_guild(1) == ["owl"]
+    await repos.words.add(1, "bat")  # a change drops the kept list
+    assert await repos.words.of_guild(1) == ["bat", "owl"]
+    await repos.words.remove(1, "bat")
+    db = repos.words.db
+    real_all = db.all
+
+    async def read_overtaken_by_a_change(sql, params=()):
+        rows = await real_all(sql, params)
+        await repos.words.add(1, "squid")  # lands while the read is on its way back
+        return rows
+
+    monkeypatch.setattr(db, "all", read_overtaken_by_a_change)
+    assert await repos.words.of_guild(1) == ["owl"]
+    monkeypatch.setattr(db, "all", real_all)
+    assert await repos.words.of_guild(1) == ["owl", "squid"]
+
+
+async def test_a_new_generation_is_returned_as_written(repos):
+    """create() and log_refusal() hand back the row as the database holds it (one trip)."""
+    queued = await repos.generations.create(req(), JobOrigin(user_id=1, guild_id=2))
+    assert queued == await repos.generations.get(queued.id)
+    refused = await repos.generations.log_refusal(
+        req(), JobOrigin(user_id=1), reason=RefusalReason.BANNED_WORD, message="no"
+    )
+    assert refused == await repos.generations.get(refused.id)
+    assert refused.refusal_reason == RefusalReason.BANNED_WORD
+
+
 async def test_audit_log(repos, clock):
     """Moderator actions are kept with who, what, target, reason, details and time."""
     await repos.audit.add(1, 9, "ban", target_user_id=2, reason="spam", details={"duration": "1h"})
