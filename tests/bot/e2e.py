@@ -50,3 +50,23 @@ def button(message, emoji_or_label: str) -> str:
             if component.get("label") == emoji_or_label or emoji == emoji_or_label:
                 return component["custom_id"]
     raise LookupError(f"no button {emoji_or_label!r} on the message")
+
+
+def status_id(message) -> int:
+    """The generation id in a status line ("… **#12** …")."""
+    return int(message.content.split("**#")[1].split("**")[0])
+
+
+async def queued_id(handle, timeout: float = 20) -> int:
+    """The id of the job an /imagine (or a button) queued, from its status line."""
+    await handle.response()
+    status = await handle.wait_for_message(lambda m: "**#" in (m.content or ""), timeout=timeout)
+    return status_id(status)
+
+
+async def result(fd: FakeDiscord, gen_id: int, timeout: float = 30):
+    """The public result message of a generation, once it is posted."""
+    return await fd.wait_for_message(
+        lambda m: not m.ephemeral and any(e.get("title") == f"#{gen_id}" for e in m.embeds),
+        timeout=timeout,
+    )

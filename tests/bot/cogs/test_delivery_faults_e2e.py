@@ -8,14 +8,10 @@ import asyncio
 import pytest
 
 from tests.bot.db.fulldisk import FullDisk
-from tests.bot.e2e import button, running_easel
+from tests.bot.e2e import button, running_easel, status_id
 from tests.fakediscord import FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def status_id(message) -> int:
-    return int(message.content.split("**#")[1].split("**")[0])
 
 
 async def imagine(fd, member, **options):

@@ -11,7 +11,7 @@ import pytest_asyncio
 from PIL import Image
 
 from inference.engine import read_png_recipe
-from tests.bot.e2e import button, running_easel
+from tests.bot.e2e import button, running_easel, status_id
 from tests.fakediscord import DiscordErrorWatcher, FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -141,10 +141,6 @@ async def test_mentions_in_prompts_are_refused_and_nothing_pings(world):
     assert [g.refusal_reason for g in refused] == ["bad_input"] * 3
     for message in fd.messages(include_deleted=True):
         assert not message.pings.everyone and not message.pings.roles
-
-
-def status_id(message) -> int:
-    return int(message.content.split("**#")[1].split("**")[0])
 
 
 async def imagine(fd, member, **options):

@@ -15,7 +15,7 @@ from PIL import Image
 from inference.engine import EngineConfig, read_png_recipe
 from inference.lab.spec import LabConfig
 from inference.worker import Worker
-from tests.bot.e2e import running_easel
+from tests.bot.e2e import result, running_easel
 from tests.fakediscord import FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -61,13 +61,6 @@ async def queued_id(handle) -> int:
     message = await answer(handle)
     assert "**#" in (message.content or ""), message.content
     return int(message.content.split("**#")[1].split("**")[0])
-
-
-async def result(fd, gen_id: int, timeout: float = 30):
-    return await fd.wait_for_message(
-        lambda m: not m.ephemeral and any(e.get("title") == f"#{gen_id}" for e in m.embeds),
-        timeout=timeout,
-    )
 
 
 async def imagine(fd, member, **options):

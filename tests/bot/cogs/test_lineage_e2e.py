@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.domain import JobOrigin
 from inference.engine import read_png_recipe
-from tests.bot.e2e import button, running_easel
+from tests.bot.e2e import button, queued_id, result, running_easel
 from tests.fakediscord import FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -31,25 +31,8 @@ async def bot(fd, worker, tiny_model_dir, tmp_path):
         yield running
 
 
-def status_id(message) -> int:
-    return int(message.content.split("**#")[1].split("**")[0])
-
-
-async def queued_id(handle) -> int:
-    await handle.response()
-    status = await handle.wait_for_message(lambda m: "**#" in (m.content or ""), timeout=10)
-    return status_id(status)
-
-
-async def result(fd, gen_id: int, timeout: float = 30):
-    return await fd.wait_for_message(
-        lambda m: not m.ephemeral and any(e.get("title") == f"#{gen_id}" for e in m.embeds),
-        timeout=timeout,
-    )
-
-
 async def imagine(fd, member, **options):
-    gen_id = await queued_id(await fd.invoke(member, "imagine", options))
+    gen_id = await queued_id(await fd.invoke(member, "imagine", options), timeout=10)
     return gen_id, await result(fd, gen_id)
 
 
@@ -64,7 +47,7 @@ async def test_remix_button_modal_keeps_seed_and_credits_author(fd, bot):
     assert "a castle at dawn" in values.values() and "fog" in values.values()
     prompt_id = next(k for k, v in values.items() if v == "a castle at dawn")
     submitted = await fd.submit_modal(bob, opened, {prompt_id: "a castle at dusk"})
-    child_id = await queued_id(submitted)
+    child_id = await queued_id(submitted, timeout=10)
     child_message = await result(fd, child_id)
     child = await bot.repos.generations.get(child_id)
     assert child.user_id == bob.id and child.parent_id == gen_id and child.kind == "remix"
@@ -89,13 +72,13 @@ async def test_vary_and_upscale_sizes(fd, bot):
     carol = fd.add_member("carol")
     gen_id, message = await imagine(fd, carol, prompt="a cat", count=2, aspect="landscape", steps=3)
     size = Image.open(io.BytesIO(message.attachments[1].data)).size
-    vary_id = await queued_id(await fd.click(carol, message, button(message, "V2")))
+    vary_id = await queued_id(await fd.click(carol, message, button(message, "V2")), timeout=10)
     vary = await result(fd, vary_id)
     assert Image.open(io.BytesIO(vary.attachments[0].data)).size == size
     vary_gen = await bot.repos.generations.get(vary_id)
     assert vary_gen.parent_id == gen_id and vary_gen.parent_image_index == 1
     assert vary_gen.recipe["mode"] == "img2img"
-    up_id = await queued_id(await fd.click(carol, message, button(message, "U1")))
+    up_id = await queued_id(await fd.click(carol, message, button(message, "U1")), timeout=10)
     up = await result(fd, up_id)
     assert Image.open(io.BytesIO(up.attachments[0].data)).size == (size[0] * 2, size[1] * 2)
     assert f"upscale of #{gen_id} (image 1)" in up.content
@@ -107,7 +90,7 @@ async def test_buttons_work_after_restart(fd, worker, tiny_model_dir, tmp_path):
     async with running_easel(fd, worker, tmp_path, tiny_model_dir):
         gen_id, message = await imagine(fd, dave, prompt="a windmill", seed=9)
     async with running_easel(fd, worker, tmp_path, tiny_model_dir) as restarted:
-        child_id = await queued_id(await fd.click(dave, message, button(message, "🎲")))
+        child_id = await queued_id(await fd.click(dave, message, button(message, "🎲")), timeout=10)
         await result(fd, child_id)
         assert (await restarted.repos.generations.get(child_id)).parent_id == gen_id
 
@@ -116,9 +99,9 @@ async def test_info_shows_three_generation_chain(fd, bot):
     """/info of a grandchild lists its parent chain to the root and the recipe."""
     erin, finn = fd.add_member("erin"), fd.add_member("finn")
     root_id, root = await imagine(fd, erin, prompt="a forest", seed=1)
-    mid_id = await queued_id(await fd.click(finn, root, button(root, "🎲")))
+    mid_id = await queued_id(await fd.click(finn, root, button(root, "🎲")), timeout=10)
     mid = await result(fd, mid_id)
-    leaf_id = await queued_id(await fd.click(erin, mid, button(mid, "V1")))
+    leaf_id = await queued_id(await fd.click(erin, mid, button(mid, "V1")), timeout=10)
     await result(fd, leaf_id)
     # The message's link is recorded just after the message is posted (reads no longer queue
     # behind writes, so /info can run in between).
@@ -180,7 +163,7 @@ async def test_remix_without_changes_reproduces_the_bytes(fd, bot):
     kim = fd.add_member("kim")
     gen_id, message = await imagine(fd, kim, prompt="a red kite", seed=321)
     handle = await fd.invoke(kim, "remix", {"generation": gen_id, "prompt": "a red kite"})
-    child_id = await queued_id(handle)
+    child_id = await queued_id(handle, timeout=10)
     child = await result(fd, child_id)
     assert child.attachments[0].data == message.attachments[0].data
 
@@ -234,7 +217,9 @@ async def test_undelivered_result_is_posted_once_after_restart(
     monkeypatch.setattr(Delivery, "post_result", discord_hiccup)
     async with running_easel(fd, worker, tmp_path, tiny_model_dir) as first:
         first.delivery.retry_delays = (0.05,)
-        gen_id = await queued_id(await fd.invoke(nina, "imagine", {"prompt": "a lost letter"}))
+        gen_id = await queued_id(
+            await fd.invoke(nina, "imagine", {"prompt": "a lost letter"}), timeout=10
+        )
         await fd.wait_until(lambda: tries.count(gen_id) >= 3, timeout=30)  # retried, not dropped
         assert not (await first.repos.generations.get(gen_id)).delivered
     monkeypatch.setattr(Delivery, "post_result", real_post)
@@ -331,7 +316,7 @@ async def test_remix_and_imagine_forms_agree(fd, bot):
     handle = await fd.invoke(
         bob, "remix", {"generation": gen_id, "prompt": "a tower", "count": 2, "aspect": "wide"}
     )
-    child = await bot.repos.generations.get(await queued_id(handle))
+    child = await bot.repos.generations.get(await queued_id(handle, timeout=10))
     posted = await result(fd, child.id)
     assert len(posted.attachments) == 2 and child.recipe["seed"] == 77
     assert child.recipe["width"] > child.recipe["height"]
@@ -383,9 +368,12 @@ async def test_generation_options_suggest_recent_images(fd, bot):
 
     assert await fd.autocomplete(ivy, "cancel", {}, focused="generation") == []
     slow = await queued_id(
-        await fd.invoke(ivy, "imagine", {"prompt": "a slow owl", "steps": 50, "count": 4})
+        await fd.invoke(ivy, "imagine", {"prompt": "a slow owl", "steps": 50, "count": 4}),
+        timeout=10,
     )
-    waiting = await queued_id(await fd.invoke(ivy, "imagine", {"prompt": "a patient owl"}))
+    waiting = await queued_id(
+        await fd.invoke(ivy, "imagine", {"prompt": "a patient owl"}), timeout=10
+    )
     jobs = await fd.autocomplete(ivy, "cancel", {}, focused="generation")
     assert ids(jobs) == [slow, waiting]
     assert re.fullmatch(rf"#{waiting} — a patient owl \((position \d+|running)\)", jobs[1]["name"])

@@ -11,7 +11,7 @@ import pytest_asyncio
 from PIL import Image
 
 from inference.engine import read_png_recipe
-from tests.bot.e2e import running_easel
+from tests.bot.e2e import queued_id, result, running_easel
 from tests.bot.services.images import bomb_png, encode, rotated_jpeg, two_tone
 from tests.fakediscord import FakeDiscord, fail_on_discord_errors
 
@@ -31,23 +31,6 @@ async def fd():
 async def bot(fd, worker, tiny_model_dir, tmp_path):
     async with running_easel(fd, worker, tmp_path, tiny_model_dir) as running:
         yield running
-
-
-def status_id(message) -> int:
-    return int(message.content.split("**#")[1].split("**")[0])
-
-
-async def queued_id(handle) -> int:
-    await handle.response()
-    status = await handle.wait_for_message(lambda m: "**#" in (m.content or ""), timeout=20)
-    return status_id(status)
-
-
-async def result(fd, gen_id: int, timeout: float = 30):
-    return await fd.wait_for_message(
-        lambda m: not m.ephemeral and any(e.get("title") == f"#{gen_id}" for e in m.embeds),
-        timeout=timeout,
-    )
 
 
 async def refusal(handle) -> str:
