@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 
-from inference.dummy import save_dummy_model
+from inference.dummy import save_dummy_model, save_dummy_tiny_decoder
 from inference.engine import Engine, EngineConfig
-from inference.lab.dummy import save_clip, save_frame_decoder
+from inference.lab.dummy import save_clip
 from inference.lab.spec import LabConfig, LabRequest
 from inference.request import GenerationRequest
 
@@ -114,7 +114,7 @@ def bench(engine: Engine, title: str, size: int, steps: int, repeats: int) -> No
 def run(preset: str, folder: Path, size: int, steps: int, repeats: int) -> None:
     model = save_dummy_model(folder / preset, preset)  # sd15 comes with a real-size checker
     clip = save_clip(folder / f"clip-{preset}", preset)
-    taesd = save_frame_decoder(folder / f"taesd-{preset}", preset)
+    taesd = save_dummy_tiny_decoder(folder / f"taesd-{preset}", preset)
     for decoder, name in (("", "VAE frames"), (str(taesd), "tiny decoder frames")):
         lab = LabConfig(clip_model=str(clip), frame_decoder=decoder, clip_in_results=False)
         engine = Engine(EngineConfig(model=str(model), device="cpu", lab=lab)).load()

@@ -36,6 +36,24 @@ def _byte_level_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
+def byte_level_tokenizer() -> tuple[Any, dict[str, Any]]:
+    """A CLIP tokenizer over `_byte_level_tokenizer_files`, and the special token ids a CLIP
+    text config built for it needs."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _byte_level_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.eos_token_id,
+    }
+    return tokenizer, special
+
+
 def build_dummy_pipeline(
     preset: str = "tiny",
     *,
@@ -48,7 +66,6 @@ def build_dummy_pipeline(
     `native_size` changes only the size the model calls native (its UNet's `sample_size`),
     not its architecture: `sd15` at 128 px costs what Stable Diffusion 1.5 costs at 128 px.
     """
-    import tempfile
 
     import torch
     from diffusers import (
@@ -65,20 +82,12 @@ def build_dummy_pipeline(
         CLIPImageProcessor,
         CLIPTextConfig,
         CLIPTextModel,
-        CLIPTokenizer,
     )
 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; use one of: {', '.join(PRESETS)}.")
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        _byte_level_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
-    special = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.eos_token_id,
-    }
+    tokenizer, special = byte_level_tokenizer()
     if preset == "tiny":
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64),
@@ -206,20 +215,26 @@ def build_dummy_pipeline(
     )
 
 
-def save_dummy_preview_decoder(folder: str | Path, *, seed: int = 0) -> Path:
-    """A tiny random `AutoencoderTiny` (TAESD's layout, 8× upsampling, ~20 k parameters) in
-    diffusers layout, for `model.preview_decoder` in tests and offline checks."""
+def save_dummy_tiny_decoder(folder: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
+    """A random `AutoencoderTiny` in diffusers layout, for `model.preview_decoder` and
+    `lab.frame_decoder`: `tiny` is TAESD's layout with 8 channels (8× upsampling, ~20 k
+    parameters), `sd15` TAESD's own architecture."""
     import torch
     from diffusers import AutoencoderTiny
 
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; use one of: {', '.join(PRESETS)}.")
     torch.manual_seed(seed)
-    decoder: Any = AutoencoderTiny(
-        encoder_block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8),
-        num_encoder_blocks=(1, 1, 1, 1),
-        num_decoder_blocks=(1, 1, 1, 1),
-        latent_channels=4,
-    )
+    decoder: Any
+    if preset == "tiny":
+        decoder = AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+        )
+    else:
+        decoder = AutoencoderTiny()  # the defaults are TAESD's architecture
     folder = Path(folder)
     decoder.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -30,9 +30,9 @@ def flagging_model_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_frame_decoder_dir(tmp_path_factory) -> str:
     """A random-weight diffusers AutoencoderTiny (the lab's film decoder), saved once."""
-    from inference.lab.dummy import save_frame_decoder
+    from inference.dummy import save_dummy_tiny_decoder
 
-    return str(save_frame_decoder(tmp_path_factory.mktemp("models") / "taesd"))
+    return str(save_dummy_tiny_decoder(tmp_path_factory.mktemp("models") / "taesd"))
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +45,6 @@ def tiny_clip_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def preview_decoder_dir(tmp_path_factory) -> str:
-    """A tiny random AutoencoderTiny (TAESD's layout) for `model.preview_decoder`."""
-    from inference.dummy import save_dummy_preview_decoder
-
-    return str(save_dummy_preview_decoder(tmp_path_factory.mktemp("models") / "taesd"))
+def preview_decoder_dir(tiny_frame_decoder_dir) -> str:
+    """The same tiny random AutoencoderTiny, as `model.preview_decoder`."""
+    return tiny_frame_decoder_dir

@@ -5,54 +5,22 @@ benchmarks: they cost what the real ones cost, and need no download."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Any
 
-from ..dummy import PRESETS, _byte_level_tokenizer_files
-
-
-def save_frame_decoder(folder: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
-    """A random `AutoencoderTiny` (what `lab.frame_decoder` names) saved to `folder`."""
-    import torch
-    from diffusers import AutoencoderTiny
-
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; use one of: {', '.join(PRESETS)}.")
-    torch.manual_seed(seed)
-    model: Any
-    if preset == "tiny":
-        model = AutoencoderTiny(
-            encoder_block_out_channels=(8, 8, 8, 8),
-            decoder_block_out_channels=(8, 8, 8, 8),
-            num_encoder_blocks=(1, 1, 1, 1),
-            num_decoder_blocks=(1, 1, 1, 1),
-        )
-    else:
-        model = AutoencoderTiny()  # the defaults are TAESD's architecture
-    folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+from ..dummy import PRESETS, byte_level_tokenizer
 
 
 def save_clip(folder: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
     """A random `CLIPModel` with its tokenizer and image processor saved to `folder`."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; use one of: {', '.join(PRESETS)}.")
     torch.manual_seed(seed)
     folder = Path(folder)
-    with tempfile.TemporaryDirectory() as tmp:
-        _byte_level_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
-    special = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.eos_token_id,
-        "max_position_embeddings": 77,
-    }
+    tokenizer, special = byte_level_tokenizer()
+    special = {**special, "max_position_embeddings": 77}
     if preset == "tiny":
         side = 32
         config = CLIPConfig(
