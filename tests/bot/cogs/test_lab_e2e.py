@@ -16,7 +16,6 @@ from inference.engine import EngineConfig, read_png_recipe
 from inference.lab.spec import LabConfig
 from inference.worker import Worker
 from tests.bot.e2e import result, running_easel
-from tests.fakediscord import FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -32,19 +31,6 @@ async def worker(tiny_model_dir, tiny_clip_dir):
         lab=LabConfig(clip_model=tiny_clip_dir),
     )
     async with Worker(config) as running:
-        yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fd():
-    async with FakeDiscord() as server:
-        with fail_on_discord_errors("discord", "fakediscord", "bot"):
-            yield server
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def bot(fd, worker, tiny_model_dir, tmp_path):
-    async with running_easel(fd, worker, tmp_path, tiny_model_dir) as running:
         yield running
 
 

@@ -9,9 +9,8 @@ import pytest_asyncio
 
 from inference.engine import EngineConfig
 from inference.worker import Worker
-from tests.bot.cogs.test_lab_e2e import answer, queued_id, refused, result
-from tests.bot.e2e import button, running_easel
-from tests.fakediscord import FakeDiscord, fail_on_discord_errors
+from tests.bot.cogs.test_lab_e2e import answer, queued_id, refused
+from tests.bot.e2e import button, result, running_easel
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -22,13 +21,6 @@ MANAGE_MESSAGES = 1 << 13
 async def worker(flagging_model_dir):
     async with Worker(EngineConfig(model=flagging_model_dir, device="cpu")) as running:
         yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fd():
-    async with FakeDiscord() as server:
-        with fail_on_discord_errors("discord", "fakediscord", "bot"):
-            yield server
 
 
 def text_of(message) -> str:

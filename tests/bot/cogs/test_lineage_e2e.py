@@ -7,28 +7,13 @@ import io
 import re
 
 import pytest
-import pytest_asyncio
 from PIL import Image
 
 from bot.domain import JobOrigin
 from inference.engine import read_png_recipe
 from tests.bot.e2e import button, queued_id, result, running_easel
-from tests.fakediscord import FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fd():
-    async with FakeDiscord() as server:
-        with fail_on_discord_errors("discord", "fakediscord", "bot"):
-            yield server
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def bot(fd, worker, tiny_model_dir, tmp_path):
-    async with running_easel(fd, worker, tmp_path, tiny_model_dir) as running:
-        yield running
 
 
 async def imagine(fd, member, **options):

@@ -7,30 +7,15 @@ import io
 
 import numpy as np
 import pytest
-import pytest_asyncio
 from PIL import Image
 
 from inference.engine import read_png_recipe
 from tests.bot.e2e import queued_id, result, running_easel
 from tests.bot.services.images import bomb_png, encode, rotated_jpeg, two_tone
-from tests.fakediscord import FakeDiscord, fail_on_discord_errors
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MANAGE_MESSAGES = 1 << 13
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fd():
-    async with FakeDiscord() as server:
-        with fail_on_discord_errors("discord", "fakediscord", "bot"):
-            yield server
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def bot(fd, worker, tiny_model_dir, tmp_path):
-    async with running_easel(fd, worker, tmp_path, tiny_model_dir) as running:
-        yield running
 
 
 async def refusal(handle) -> str:
