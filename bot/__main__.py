@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -140,16 +140,34 @@ def _lab_info(workers: WorkerBackend) -> Mapping[str, Any]:
 
 
 class _Termination:
-    """SIGTERM, from the first moment: cancel everything, without waiting for a batch."""
+    """SIGTERM, from the first moment: cancel everything, without waiting for a batch.
+
+    Python 3.11's `asyncio.wait_for` drops a cancellation that arrives as its awaitable
+    finishes (fixed in 3.12), and discord.py connects through one: a SIGTERM at the moment
+    the gateway answered would be lost and the bot would run on. So while the task is in a
+    stretch that holds no clean-up of its own (`interruptible`), the cancellation is repeated
+    until it lands."""
+
+    RETRY_SECONDS = 0.25
 
     def __init__(self) -> None:
         self.requested = False
         self.bot: EaselBot | None = None
         self._task = asyncio.current_task()
+        self._interruptible = False
 
     def install(self) -> None:
         with contextlib.suppress(NotImplementedError):  # not on Windows
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminate)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A stretch where cancelling again is harmless (nothing to clean up half-way)."""
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def _terminate(self) -> None:
         if self.requested:
@@ -158,8 +176,33 @@ class _Termination:
         log.info("SIGTERM: stopping (a running job runs again at the next start)")
         if self.bot is not None:
             self.bot.close_grace = 0.0
-        if self._task is not None:
-            self._task.cancel()
+        self._cancel()
+
+    def _cancel(self) -> None:
+        task = self._task
+        if task is None or task.done():
+            return
+        task.cancel()
+        asyncio.get_running_loop().call_later(self.RETRY_SECONDS, self._cancel_if_lost)
+
+    def _cancel_if_lost(self) -> None:
+        if self._interruptible:  # still where the cancellation was sent: it was dropped
+            self._cancel()
+
+
+async def login(bot: EaselBot, settings: Settings) -> None:
+    """Log in, or the one line that says why Discord could not be reached."""
+    try:
+        await bot.login(settings.discord_token)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise StartupError(
+            f"Cannot reach Discord at {settings.discord.api_base} ({error}); check "
+            "the network (and DISCORD_API_BASE)."
+        ) from None
+    except discord.DiscordServerError as error:
+        raise StartupError(
+            f"Discord answered {error.status} at start-up; try again in a minute."
+        ) from None
 
 
 async def run(settings: Settings, termination: _Termination | None = None) -> None:
@@ -183,18 +226,9 @@ async def run(settings: Settings, termination: _Termination | None = None) -> No
                 build_bot(settings, repos, workers, http_session) as bot,
             ):
                 termination.bot = bot
-                try:
-                    await bot.login(settings.discord_token)
-                except (aiohttp.ClientError, TimeoutError) as error:
-                    raise StartupError(
-                        f"Cannot reach Discord at {settings.discord.api_base} ({error}); check "
-                        "the network (and DISCORD_API_BASE)."
-                    ) from None
-                except discord.DiscordServerError as error:
-                    raise StartupError(
-                        f"Discord answered {error.status} at start-up; try again in a minute."
-                    ) from None
-                await bot.connect()
+                with termination.interruptible():
+                    await login(bot, settings)
+                    await bot.connect()
                 if bot.startup_error is not None:  # the model could not load
                     raise bot.startup_error
         finally:
