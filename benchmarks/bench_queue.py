@@ -364,15 +364,15 @@ async def search_until(repos: Repositories, stop: asyncio.Event, done: list[int]
         done.append(1)
 
 
-async def bench_submit_during_search(folder: Path, rows: int) -> None:
+async def bench_submit_during_search(folder: Path, rows: int, seconds: float = 12.0) -> None:
     """Submits while a moderator's slow search runs back to back on the big database."""
     path = folder / "big.sqlite3"
     rng = random.Random(8)
     print(f"Submit while `/mod log contains:` (absent word) runs over {rows} rows:")
     cases = (
         (3, False, "no search running (baseline)"),
-        (3, True, "read connections (now)"),
-        (0, True, "one shared connection (before)"),
+        (3, True, "read connections and a scan reader (now)"),
+        (0, True, "one shared connection"),
     )
     for readers, searching, label in cases:
         async with Database.open(path, read_connections=readers) as db:
@@ -386,7 +386,8 @@ async def bench_submit_during_search(folder: Path, rows: int) -> None:
             await asyncio.sleep(0.05)
             samples = []
             started = time.perf_counter()
-            while time.perf_counter() - started < 6.0 or len(samples) < 50:
+            # 1,000 submits where the machine allows: p99 is then the 10th-worst, not the 5th.
+            while time.perf_counter() - started < seconds or len(samples) < 50:
                 request = make_request(rng)
                 origin = JobOrigin(user_id=rng.randrange(300), guild_id=1, channel_id=2)
                 start = time.perf_counter()
@@ -397,7 +398,7 @@ async def bench_submit_during_search(folder: Path, rows: int) -> None:
             if searching:
                 await searcher
             print(
-                f"  {label:30s} {spread_ms(samples)}  "
+                f"  {label:43s} {spread_ms(samples)}  "
                 f"({len(samples)} submits, {len(searches)} searches)"
             )
     print("  (target: p99 ≤ 5 ms while the search runs)")

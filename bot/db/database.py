@@ -3,9 +3,12 @@ ones for reads, transactions, migrations.
 
 `<data>/easel.sqlite3` in WAL mode with `busy_timeout` and foreign keys on. In WAL mode readers
 never block the writer nor each other, so a moderator's slow search (a `contains:` over a
-million rows) does not hold up /imagine's writes or its quick reads. The WAL is checkpointed
-every few seconds from a connection of its own, not by whichever commit crosses SQLite's
-threshold: with a long read open, those automatic checkpoints made every commit slow.
+million rows) does not hold up /imagine's writes or its quick reads. Such scans take turns on
+a reader of their own: taking the quick reads' connections, they tripled /imagine's p99
+submit time on two cores (11 ms; 3–5 ms on their own, as with no search; bench_queue.py).
+The WAL is checkpointed every few seconds from a connection of its own, not by whichever
+commit crosses SQLite's threshold: with a long read open, those automatic checkpoints made
+every commit slow.
 
 The schema lives in numbered files `bot/db/migrations/NNN_name.sql`, applied in one
 transaction; the version is `PRAGMA user_version`. Before anything writes, the file is read
@@ -310,6 +313,12 @@ async def migrate(conn: aiosqlite.Connection, *, target: int | None = None) -> t
     return current, max(current, target)
 
 
+async def _make_reader(reader: aiosqlite.Connection, busy_timeout_ms: int) -> None:
+    reader.row_factory = sqlite3.Row
+    await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    await reader.execute("PRAGMA query_only = ON")
+
+
 # ---------------------------------------------------------------------------------------------
 # The database
 
@@ -324,6 +333,7 @@ class Database:
         *,
         clock: Callable[[], float] = time.time,
         readers: Sequence[aiosqlite.Connection] = (),
+        scanner: aiosqlite.Connection | None = None,
         checkpointer: aiosqlite.Connection | None = None,
         checkpoint_every: float = 5.0,
     ):
@@ -337,6 +347,9 @@ class Database:
         self._free: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         for reader in self._readers:
             self._free.put_nowait(reader)
+        # Long scans, one at a time, on a reader of their own (see the module docstring).
+        self._scanner = scanner
+        self._scan_lock = asyncio.Lock()
         self._checkpointer = checkpointer
         self._checkpoints: asyncio.Task[None] | None = None
         if checkpointer is not None:
@@ -414,15 +427,17 @@ class Database:
             await conn.close()
             raise
         readers: list[aiosqlite.Connection] = []
+        scanner: aiosqlite.Connection | None = None
         checkpointer: aiosqlite.Connection | None = None
         try:
             for _ in range(max(0, int(read_connections))):
                 reader = await aiosqlite.connect(path, isolation_level=None)
                 readers.append(reader)
-                reader.row_factory = sqlite3.Row
-                await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-                await reader.execute("PRAGMA query_only = ON")
+                await _make_reader(reader, busy_timeout_ms)
             if readers:
+                scanner = await aiosqlite.connect(path, isolation_level=None)
+                readers.append(scanner)
+                await _make_reader(scanner, busy_timeout_ms)
                 # Checkpoints move off the commits (see the module docstring).
                 await conn.execute("PRAGMA wal_autocheckpoint = 0")
                 checkpointer = await aiosqlite.connect(path, isolation_level=None)
@@ -436,7 +451,8 @@ class Database:
             conn,
             path,
             clock=clock,
-            readers=readers,
+            readers=[reader for reader in readers if reader is not scanner],
+            scanner=scanner,
             checkpointer=checkpointer,
             checkpoint_every=checkpoint_every,
         )
@@ -466,7 +482,8 @@ class Database:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpoints
-        for reader in [*self._readers, *([self._checkpointer] if self._checkpointer else [])]:
+        others = [c for c in (self._scanner, self._checkpointer) if c is not None]
+        for reader in [*self._readers, *others]:
             with contextlib.suppress(Exception):
                 await reader.close()
         async with self._lock:
@@ -480,8 +497,13 @@ class Database:
         return float(self.clock())
 
     @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        """An idle reader for one query (it sees every committed write)."""
+    async def _reading(self, scan: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """An idle reader for one query (it sees every committed write); with `scan`, the
+        reader for queries that read much of a table."""
+        if scan and self._scanner is not None:
+            async with self._scan_lock:
+                yield self._scanner
+            return
         if not self._readers:
             async with self._lock:
                 yield self._conn
@@ -492,20 +514,25 @@ class Database:
         finally:
             self._free.put_nowait(reader)
 
-    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def all(
+        self, sql: str, params: Sequence[Any] = (), *, scan: bool = False
+    ) -> list[sqlite3.Row]:
+        """Every row of a query; `scan` for one that reads much of a table (a search)."""
         with _full_as_store_error():
-            async with self._reading() as conn, conn.execute(sql, params) as cursor:
+            async with self._reading(scan) as conn, conn.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
 
-    async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    async def one(
+        self, sql: str, params: Sequence[Any] = (), *, scan: bool = False
+    ) -> sqlite3.Row | None:
         with _full_as_store_error():
-            async with self._reading() as conn, conn.execute(sql, params) as cursor:
+            async with self._reading(scan) as conn, conn.execute(sql, params) as cursor:
                 row: sqlite3.Row | None = await cursor.fetchone()
                 return row
 
-    async def count(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def count(self, sql: str, params: Sequence[Any] = (), *, scan: bool = False) -> int:
         """The first column of the first row of a COUNT(*) query."""
-        row = await self.one(sql, params)
+        row = await self.one(sql, params, scan=scan)
         return 0 if row is None else int(row[0])
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:

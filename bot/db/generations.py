@@ -112,10 +112,13 @@ class GenerationRepository:
     # -- reading -------------------------------------------------------------------------------
 
     async def select(
-        self, where: str, params: Sequence[Any] = (), tail: str = ""
+        self, where: str, params: Sequence[Any] = (), tail: str = "", *, scan: bool = False
     ) -> list[Generation]:
-        """Generations (with their images) matching a WHERE clause."""
-        rows = await self.db.all(f"SELECT {GEN_COLUMNS} FROM generations {where} {tail}", params)
+        """Generations (with their images) matching a WHERE clause; `scan` for a search that
+        reads much of the table (it waits for the scan reader, see `Database`)."""
+        rows = await self.db.all(
+            f"SELECT {GEN_COLUMNS} FROM generations {where} {tail}", params, scan=scan
+        )
         if not rows:
             return []
         images = await self.files.of([row["id"] for row in rows])

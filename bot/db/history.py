@@ -150,6 +150,7 @@ class HistoryRepository:
             where,
             [*params, int(limit), int(offset)],
             "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            scan=bool(contains),
         )
 
     async def count_log(
@@ -163,7 +164,9 @@ class HistoryRepository:
         since: datetime | float | None = None,
     ) -> int:
         where, params = log_filter(guild_id, user_id, contains, status, flagged, since)
-        return await self.db.count(f"SELECT COUNT(*) FROM generations {where}", params)
+        return await self.db.count(
+            f"SELECT COUNT(*) FROM generations {where}", params, scan=bool(contains)
+        )
 
     async def suggestions(
         self,
@@ -202,5 +205,8 @@ class HistoryRepository:
             clauses.append(contains.removeprefix("WHERE "))
             params += contains_params
         return await self.generations.select(
-            "WHERE " + " AND ".join(clauses), [*params, int(limit)], "ORDER BY id DESC LIMIT ?"
+            "WHERE " + " AND ".join(clauses),
+            [*params, int(limit)],
+            "ORDER BY id DESC LIMIT ?",
+            scan=bool(text) and not number.isdecimal(),
         )

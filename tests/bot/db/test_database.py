@@ -35,6 +35,34 @@ async def test_a_slow_read_holds_up_neither_writes_nor_other_reads(tmp_path):
         assert [tuple(row) for row in await slow] == [(1,)]
 
 
+async def test_searches_take_turns_on_a_reader_of_their_own(tmp_path):
+    """A moderator's `contains:` search runs on the scan reader: with one quick reader, a
+    member's reads still go through while the search runs, and searches queue behind it."""
+    async with Database.open(tmp_path / "easel.sqlite3", read_connections=1) as db:
+        repos = Repositories.on(db)
+        gen = await repos.generations.create(req(), JobOrigin(user_id=1, guild_id=5))
+        release, entered = threading.Event(), threading.Event()
+
+        def slow_like(pattern: str, text: str | None, escape: str = "\\") -> bool:
+            entered.set()
+            release.wait(10)
+            return pattern.strip("%") in (text or "")
+
+        # The scan reader's LIKE waits until the test says; the others' LIKE is SQLite's.
+        await db._scanner.create_function("like", 3, slow_like)
+        search = asyncio.create_task(repos.history.count_log(guild_id=5, contains="fox"))
+        assert await asyncio.to_thread(entered.wait, 5)
+        second = asyncio.create_task(repos.history.moderation_log(guild_id=5, contains="fox"))
+        again = await asyncio.wait_for(repos.generations.get(gen.id), 5)
+        assert again is not None and again.prompt == "a fox"
+        picks = await asyncio.wait_for(repos.history.suggestions(guild_id=5, typed="1"), 5)
+        assert [g.id for g in picks] == [gen.id]  # a number typed: no scan
+        assert not search.done() and not second.done()
+        release.set()
+        assert await search == 1
+        assert [g.id for g in await second] == [gen.id]
+
+
 async def test_readers_are_read_only_and_can_be_turned_off(tmp_path):
     """The pooled connections refuse writes; with none, reads share the writer."""
     async with Database.open(tmp_path / "a.sqlite3") as db:
