@@ -2,6 +2,7 @@
 
     python benchmarks/bench_lab.py                # tiny model, then SD 1.5's architecture small
     python benchmarks/bench_lab.py --skip-sd15    # tiny model only
+    python benchmarks/bench_lab.py --skip-tiny --size 256 --steps 20 --decoders tiny --repeats 1
 
 Paired runs (plain, then each view, repeated): the ratio view / plain, min/median/max. Targets
 (issue 10): Steps and Words within 1.3× of a plain generation, Noise under 0.2×. Weights are
@@ -111,11 +112,16 @@ def bench(engine: Engine, title: str, size: int, steps: int, repeats: int) -> No
     print(f"  the CLIP line of a plain result: {(time.perf_counter() - started) / base:.3f}×")
 
 
-def run(preset: str, folder: Path, size: int, steps: int, repeats: int) -> None:
+def run(
+    preset: str, folder: Path, size: int, steps: int, repeats: int, decoders: str = "both"
+) -> None:
     model = save_dummy_model(folder / preset, preset)  # sd15 comes with a real-size checker
     clip = save_clip(folder / f"clip-{preset}", preset)
     taesd = save_dummy_tiny_decoder(folder / f"taesd-{preset}", preset)
-    for decoder, name in (("", "VAE frames"), (str(taesd), "tiny decoder frames")):
+    variants = [("", "VAE frames"), (str(taesd), "tiny decoder frames")]
+    if decoders != "both":
+        variants = variants[:1] if decoders == "vae" else variants[1:]
+    for decoder, name in variants:
         lab = LabConfig(clip_model=str(clip), frame_decoder=decoder, clip_in_results=False)
         engine = Engine(EngineConfig(model=str(model), device="cpu", lab=lab)).load()
         bench(engine, f"{preset}, {name}", size, steps, repeats)
@@ -128,11 +134,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, default=128, help="SD 1.5 image side (px)")
     parser.add_argument("--steps", type=int, default=10, help="SD 1.5 steps")
+    parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument(
+        "--decoders", choices=("both", "vae", "tiny"), default="both", help="frame decoders"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run("tiny", Path(tmp), 64, 25, max(5, args.repeats))
+        if not args.skip_tiny:
+            run("tiny", Path(tmp), 64, 25, max(5, args.repeats), args.decoders)
         if not args.skip_sd15:
-            run("sd15", Path(tmp), args.size, args.steps, args.repeats)
+            run("sd15", Path(tmp), args.size, args.steps, args.repeats, args.decoders)
 
 
 if __name__ == "__main__":

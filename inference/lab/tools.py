@@ -243,17 +243,23 @@ class LabTools:
         return out
 
     def _checker_input(self, images: Sequence[Image]) -> torch.Tensor:
-        """The checker's input, made on the device as the engine makes it for results (one
-        picture at a time: the lab's pictures come in different sizes)."""
+        """The checker's input, made on the device as the engine makes it for results: one
+        call for the pictures of each size (a film's frames share one), in their order."""
         import numpy as np
         import torch
 
-        parts = []
-        for image in images:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-            batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.engine.device)
-            parts.append(self.engine.clip_input(batch))
-        return torch.cat(parts)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for k, image in enumerate(images):
+            by_size.setdefault(image.size, []).append(k)
+        rows: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        for indexes in by_size.values():
+            pixels = np.stack(
+                [np.asarray(images[k].convert("RGB"), dtype=np.float32) for k in indexes]
+            )
+            batch = torch.from_numpy(pixels / 255.0).permute(0, 3, 1, 2).to(self.engine.device)
+            for k, row in zip(indexes, self.engine.clip_input(batch), strict=True):
+                rows[k] = row
+        return torch.stack(rows)
 
     # --- CLIP ------------------------------------------------------------------------------
 
