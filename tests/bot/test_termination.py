@@ -5,6 +5,7 @@ how discord.py connects), and it never interrupts a clean-up twice."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -19,23 +20,33 @@ async def swallow_one_cancellation() -> None:
         pass
 
 
-async def test_a_dropped_cancellation_is_sent_again_while_connecting() -> None:
-    steps: list[str] = []
+async def sigterm_during(body: Callable[[_Termination], Awaitable[None]]) -> asyncio.Task[None]:
+    """Run `body` as the start-up task, then SIGTERM it (as the signal handler does)."""
+    started: asyncio.Future[_Termination] = asyncio.get_running_loop().create_future()
 
     async def start_up() -> None:
         termination = _Termination()
         started.set_result(termination)
+        await body(termination)
+
+    task = asyncio.create_task(start_up())
+    termination = await started
+    await asyncio.sleep(0)
+    termination._terminate()
+    return task
+
+
+async def test_a_dropped_cancellation_is_sent_again_while_connecting() -> None:
+    steps: list[str] = []
+
+    async def start_up(termination: _Termination) -> None:
         with termination.interruptible():
             await swallow_one_cancellation()
             steps.append("cancellation dropped")
             await asyncio.sleep(10)  # connected: polls the gateway until cancelled
             steps.append("ran on")
 
-    started: asyncio.Future[_Termination] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(start_up())
-    termination = await started
-    await asyncio.sleep(0)
-    termination._terminate()
+    task = await sigterm_during(start_up)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 2 * _Termination.RETRY_SECONDS + 1)
     assert steps == ["cancellation dropped"]
@@ -44,9 +55,7 @@ async def test_a_dropped_cancellation_is_sent_again_while_connecting() -> None:
 async def test_a_clean_up_is_not_cancelled_again() -> None:
     cleaned = asyncio.Event()
 
-    async def start_up() -> None:
-        termination = _Termination()
-        started.set_result(termination)
+    async def start_up(termination: _Termination) -> None:
         try:
             with termination.interruptible():
                 await asyncio.sleep(10)
@@ -54,11 +63,7 @@ async def test_a_clean_up_is_not_cancelled_again() -> None:
             await asyncio.sleep(3 * _Termination.RETRY_SECONDS)
             cleaned.set()
 
-    started: asyncio.Future[_Termination] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(start_up())
-    termination = await started
-    await asyncio.sleep(0)
-    termination._terminate()
+    task = await sigterm_during(start_up)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned.is_set()

@@ -3,6 +3,7 @@ a real worker on the tiny model with a tiny random CLIP."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
@@ -230,6 +231,31 @@ async def test_lab_menu_works_after_a_restart(fd, worker, tiny_model_dir, tmp_pa
         lab_id, _ = await pick(fd, gus, message, gen_id, "noise:1")
         gen = await restarted.repos.generations.get(lab_id)
         assert gen.parent_image_index == 1 and gen.recipe["seed"] == 10  # image 2's own seed
+
+
+async def test_a_queued_lab_job_runs_after_a_restart(fd, worker, tiny_model_dir, tmp_path):
+    """A lab view still waiting in the queue when the bot stops is picked up by the next start
+    and posted like any recovered job: its film, its caption, for the member who asked."""
+    kim, lee = fd.add_member("kim"), fd.add_member("lee")
+    env = {"EASEL_GENERATION_MAX_STEPS": "500"}
+    async with running_easel(fd, worker, tmp_path, tiny_model_dir, **env) as first:
+        gen_id, message = await imagine(fd, kim, prompt="a lighthouse", seed=3, steps=4)
+        long = {"prompt": "a long night", "steps": 150}
+        long_id = await queued_id(await fd.invoke(lee, "imagine", long))
+        for _ in range(200):  # the worker is busy with it: what comes next has to wait
+            if (await first.repos.generations.get(long_id)).status == "running":
+                break
+            await asyncio.sleep(0.05)
+        lab_id = await queued_id(await fd.select(kim, message, f"easel:lab:{gen_id}", ["steps:0"]))
+        assert (await first.repos.generations.get(lab_id)).status == "queued"
+        first.close_grace = 0.0  # stop now, as on SIGTERM
+    async with running_easel(fd, worker, tmp_path, tiny_model_dir, **env) as restarted:
+        await (await fd.invoke(lee, "cancel", {})).response()  # lee's long job ran again first
+        shown = await result(fd, lab_id, timeout=60)
+        assert f"denoising film of #{gen_id}" in shown.content.lower()
+        assert len(film(shown)) == 4 and shown.pings.users == {kim.id}
+        gen = await restarted.repos.generations.get(lab_id)
+        assert gen.status == "done" and gen.kind == "lab_steps" and gen.user_id == kim.id
 
 
 def row_of(message, component) -> int:
