@@ -139,6 +139,8 @@ def main() -> None:
         "--decoders", choices=("both", "vae", "tiny"), default="both", help="frame decoders"
     )
     args = parser.parse_args()
+    if args.skip_tiny and args.skip_sd15:
+        parser.error("--skip-tiny and --skip-sd15 leave nothing to measure")
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_tiny:
             run("tiny", Path(tmp), 64, 25, max(5, args.repeats), args.decoders)

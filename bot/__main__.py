@@ -186,7 +186,9 @@ class _Termination:
         asyncio.get_running_loop().call_later(self.RETRY_SECONDS, self._cancel_if_lost)
 
     def _cancel_if_lost(self) -> None:
-        if self._interruptible:  # still where the cancellation was sent: it was dropped
+        # Still where the cancellation was sent: it was dropped. Unless the bot is closing
+        # (discord.py's connect() closes it on some gateway errors): that is a clean-up.
+        if self._interruptible and not (self.bot is not None and self.bot.closing):
             self._cancel()
 
 

@@ -5,7 +5,8 @@ ones for reads, transactions, migrations.
 never block the writer nor each other, so a moderator's slow search (a `contains:` over a
 million rows) does not hold up /imagine's writes or its quick reads. Such scans take turns on
 a reader of their own: taking the quick reads' connections, they tripled /imagine's p99
-submit time on two cores (11 ms; 3–5 ms on their own, as with no search; bench_queue.py).
+submit time on two cores (11 ms, against 3–5 ms on a reader of their own or with no search;
+measured with bench_queue.py).
 The WAL is checkpointed every few seconds from a connection of its own, not by whichever
 commit crosses SQLite's threshold: with a long read open, those automatic checkpoints made
 every commit slow.
@@ -443,7 +444,7 @@ class Database:
                 checkpointer = await aiosqlite.connect(path, isolation_level=None)
                 await checkpointer.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except BaseException:
-            for reader in readers:
+            for reader in [*readers, *([checkpointer] if checkpointer else [])]:
                 await reader.close()
             await conn.close()
             raise

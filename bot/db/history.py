@@ -208,5 +208,6 @@ class HistoryRepository:
             "WHERE " + " AND ".join(clauses),
             [*params, int(limit)],
             "ORDER BY id DESC LIMIT ?",
-            scan=bool(text) and not number.isdecimal(),
+            # A member's own rows are few; only a server-wide text search is a scan.
+            scan=bool(text) and not number.isdecimal() and user_id is None,
         )

@@ -81,6 +81,8 @@ class EaselBot(commands.Bot):
         self.synced_commands: list[discord.app_commands.AppCommand] = []
         # Seconds `close()` waits for a running batch; 0 on SIGTERM (it runs again next time).
         self.close_grace = 5.0
+        # Set when close() begins (SIGTERM's handler must not cancel it half-way).
+        self.closing = False
         self._loading: asyncio.Task[None] | None = None
         # Why the bot stopped by itself at start-up (the model could not load), if it did.
         self.startup_error: ModelLoadError | None = None
@@ -150,6 +152,7 @@ class EaselBot(commands.Bot):
         await self.services.words.prepare_guild(guild.id)
 
     async def close(self) -> None:
+        self.closing = True
         # Closing while discord.py still waits for the servers' data (up to guild_ready_timeout
         # after connecting) would let that wait dispatch on_ready into a closed client.
         ready_task = getattr(self._connection, "_ready_task", None)

@@ -240,22 +240,29 @@ async def test_a_queued_lab_job_runs_after_a_restart(fd, worker, tiny_model_dir,
     env = {"EASEL_GENERATION_MAX_STEPS": "500"}
     async with running_easel(fd, worker, tmp_path, tiny_model_dir, **env) as first:
         gen_id, message = await imagine(fd, kim, prompt="a lighthouse", seed=3, steps=4)
-        long = {"prompt": "a long night", "steps": 150}
+        long = {"prompt": "a long night", "steps": 100}
         long_id = await queued_id(await fd.invoke(lee, "imagine", long))
-        for _ in range(200):  # the worker is busy with it: what comes next has to wait
-            if (await first.repos.generations.get(long_id)).status == "running":
-                break
-            await asyncio.sleep(0.05)
+        await running(first, long_id)  # the worker is busy with it: what comes next waits
         lab_id = await queued_id(await fd.select(kim, message, f"easel:lab:{gen_id}", ["steps:0"]))
         assert (await first.repos.generations.get(lab_id)).status == "queued"
         first.close_grace = 0.0  # stop now, as on SIGTERM
     async with running_easel(fd, worker, tmp_path, tiny_model_dir, **env) as restarted:
-        await (await fd.invoke(lee, "cancel", {})).response()  # lee's long job ran again first
+        await running(restarted, long_id)  # lee's long job runs again first: cancel it
+        cancelled = (await (await fd.invoke(lee, "cancel", {})).response()).message
+        assert f"#{long_id}" in cancelled.content, cancelled.content
         shown = await result(fd, lab_id, timeout=60)
         assert f"denoising film of #{gen_id}" in shown.content.lower()
         assert len(film(shown)) == 4 and shown.pings.users == {kim.id}
         gen = await restarted.repos.generations.get(lab_id)
         assert gen.status == "done" and gen.kind == "lab_steps" and gen.user_id == kim.id
+
+
+async def running(bot, gen_id: int) -> None:
+    for _ in range(400):
+        if (await bot.repos.generations.get(gen_id)).status == "running":
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"#{gen_id} did not start within 20 s")
 
 
 def row_of(message, component) -> int:

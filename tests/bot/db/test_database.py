@@ -50,15 +50,19 @@ async def test_searches_take_turns_on_a_reader_of_their_own(tmp_path):
 
         # The scan reader's LIKE waits until the test says; the others' LIKE is SQLite's.
         await db._scanner.create_function("like", 3, slow_like)
-        search = asyncio.create_task(repos.history.count_log(guild_id=5, contains="fox"))
-        assert await asyncio.to_thread(entered.wait, 5)
-        second = asyncio.create_task(repos.history.moderation_log(guild_id=5, contains="fox"))
-        again = await asyncio.wait_for(repos.generations.get(gen.id), 5)
-        assert again is not None and again.prompt == "a fox"
-        picks = await asyncio.wait_for(repos.history.suggestions(guild_id=5, typed="1"), 5)
-        assert [g.id for g in picks] == [gen.id]  # a number typed: no scan
-        assert not search.done() and not second.done()
-        release.set()
+        try:
+            search = asyncio.create_task(repos.history.count_log(guild_id=5, contains="fox"))
+            assert await asyncio.to_thread(entered.wait, 5)
+            second = asyncio.create_task(repos.history.moderation_log(guild_id=5, contains="fox"))
+            again = await asyncio.wait_for(repos.generations.get(gen.id), 5)
+            assert again is not None and again.prompt == "a fox"
+            picks = await asyncio.wait_for(repos.history.suggestions(guild_id=5, typed="1"), 5)
+            assert [g.id for g in picks] == [gen.id]  # a number typed: no scan
+            mine = repos.history.suggestions(guild_id=5, user_id=1, typed="fox")
+            assert [g.id for g in await asyncio.wait_for(mine, 5)] == [gen.id]  # a member's own
+            assert not search.done() and not second.done()
+        finally:
+            release.set()
         assert await search == 1
         assert [g.id for g in await second] == [gen.id]
 
