@@ -137,33 +137,3 @@ def test_the_workers_come_from_the_settings():
         )
     )
     assert isinstance(ray, RayPool) and (ray.address, ray.resource) == ("ray://head:10001", "easel")
-
-
-async def test_a_model_that_cannot_load_stops_the_bot_with_one_line(tmp_path):
-    """The bot logs in while the model loads; when loading fails it says why and exits 1."""
-    not_a_model = tmp_path / "empty-folder"
-    not_a_model.mkdir()
-    async with FakeDiscord() as fd:
-        env = clean_env(
-            DISCORD_TOKEN=fd.token,
-            DISCORD_GUILD_ID=str(fd.guild.id),
-            DISCORD_API_BASE=fd.api_base,
-            DISCORD_GATEWAY_URL=fd.gateway_url,
-            EASEL_MODEL=str(not_a_model),
-            EASEL_DEVICE="cpu",
-            EASEL_DATA_DIR=str(tmp_path / "data"),
-        )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            cwd=tmp_path,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _out, err = await asyncio.wait_for(process.communicate(), 90)
-    assert process.returncode == 1
-    lines = err.decode().strip().splitlines()
-    assert "is not a diffusers model folder" in lines[-1] and lines[-1].startswith("easel: ")
-    assert "Traceback" not in err.decode()

@@ -294,6 +294,17 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def test_a_model_that_cannot_load_stops_the_bot_with_one_line(fd, tmp_path):
+    """The bot logs in while the model loads; when loading fails it says why and exits 1."""
+    not_a_model = tmp_path / "empty-folder"
+    not_a_model.mkdir()
+    env = base_env(fd, tmp_path, EASEL_MODEL=str(not_a_model))
+    code, lines = await run_bot(env, tmp_path, timeout=90)
+    assert code == 1
+    assert "is not a diffusers model folder" in lines[-1] and lines[-1].startswith("easel: ")
+    assert "Traceback" not in "\n".join(lines)
+
+
 # -- 9: a hub model without a network ------------------------------------------------------------
 
 
