@@ -437,22 +437,22 @@ class Database:
                 await _make_reader(reader, busy_timeout_ms)
             if readers:
                 scanner = await aiosqlite.connect(path, isolation_level=None)
-                readers.append(scanner)
                 await _make_reader(scanner, busy_timeout_ms)
                 # Checkpoints move off the commits (see the module docstring).
                 await conn.execute("PRAGMA wal_autocheckpoint = 0")
                 checkpointer = await aiosqlite.connect(path, isolation_level=None)
                 await checkpointer.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except BaseException:
-            for reader in [*readers, *([checkpointer] if checkpointer else [])]:
-                await reader.close()
+            for opened in [*readers, scanner, checkpointer]:
+                if opened is not None:
+                    await opened.close()
             await conn.close()
             raise
         return cls(
             conn,
             path,
             clock=clock,
-            readers=[reader for reader in readers if reader is not scanner],
+            readers=readers,
             scanner=scanner,
             checkpointer=checkpointer,
             checkpoint_every=checkpoint_every,
@@ -483,10 +483,10 @@ class Database:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpoints
-        others = [c for c in (self._scanner, self._checkpointer) if c is not None]
-        for reader in [*self._readers, *others]:
-            with contextlib.suppress(Exception):
-                await reader.close()
+        for opened in [*self._readers, self._scanner, self._checkpointer]:
+            if opened is not None:
+                with contextlib.suppress(Exception):
+                    await opened.close()
         async with self._lock:
             with contextlib.suppress(Exception):
                 await self._conn.execute("PRAGMA optimize")

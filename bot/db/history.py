@@ -18,6 +18,12 @@ def _like(text: str) -> str:
     return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
 
 
+def is_scan(contains: str | None, user_id: int | None) -> bool:
+    """Whether a query reads much of the table: a text search over a server (or all of them).
+    Within one member's rows (an index narrows them first) it does not."""
+    return bool(contains) and user_id is None
+
+
 def log_filter(
     guild_id: int | None = None,
     user_id: int | None = None,
@@ -150,7 +156,7 @@ class HistoryRepository:
             where,
             [*params, int(limit), int(offset)],
             "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-            scan=bool(contains),
+            scan=is_scan(contains, user_id),
         )
 
     async def count_log(
@@ -165,7 +171,7 @@ class HistoryRepository:
     ) -> int:
         where, params = log_filter(guild_id, user_id, contains, status, flagged, since)
         return await self.db.count(
-            f"SELECT COUNT(*) FROM generations {where}", params, scan=bool(contains)
+            f"SELECT COUNT(*) FROM generations {where}", params, scan=is_scan(contains, user_id)
         )
 
     async def suggestions(
@@ -208,6 +214,5 @@ class HistoryRepository:
             "WHERE " + " AND ".join(clauses),
             [*params, int(limit)],
             "ORDER BY id DESC LIMIT ?",
-            # A member's own rows are few; only a server-wide text search is a scan.
-            scan=bool(text) and not number.isdecimal() and user_id is None,
+            scan=is_scan(None if number.isdecimal() else text, user_id),
         )
