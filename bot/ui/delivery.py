@@ -179,20 +179,21 @@ class Delivery(QuietListener):
         queued = dataclasses.replace(request, seed=gen.recipe.get("seed"))
         status = self._status[gen.id] = _Status(interaction, queued)
         # The status is public, like the queue itself; it goes away when the result is posted.
-        text, view = self._queued_text(gen.id, queued), cancel_view(gen.id)
+        view = cancel_view(gen.id)
         if interaction.response.is_done():
             await interaction.edit_original_response(
                 content=f"✅ Your image passed the checks; #{gen.id} is in the queue.",
                 allowed_mentions=NO_PINGS,
             )
+            # Worded after that edit: the job may have started meanwhile.
             status.message = await interaction.followup.send(
-                text, view=view, allowed_mentions=NO_PINGS, wait=True
+                self._queued_text(gen.id, queued), view=view, allowed_mentions=NO_PINGS, wait=True
             )
             status.sent = True
             message_id: int | None = status.message.id
         else:
             callback = await interaction.response.send_message(
-                text, view=view, allowed_mentions=NO_PINGS
+                self._queued_text(gen.id, queued), view=view, allowed_mentions=NO_PINGS
             )
             status.sent = True
             message_id = getattr(callback, "message_id", None) or getattr(
@@ -504,7 +505,9 @@ class Delivery(QuietListener):
     async def _edit_status_of(
         self, status: _Status, text: str, *, keep_view: bool = False, gen_id: int | None = None
     ) -> None:
-        if status.interaction.is_expired():
+        # Not before the line exists: with an upload, the original response is the member's
+        # private "passed the checks" note, which a "starting…" must not overwrite.
+        if not status.sent or status.interaction.is_expired():
             return
         view = cancel_view(gen_id) if keep_view and gen_id is not None else None
         extra: dict[str, Any] = {}

@@ -27,13 +27,16 @@ class Fault:
     """A scripted server error: the next ``times`` requests matching ``method`` and ``path`` (a
     regular expression searched in the request path) get ``status``. With ``after_commit`` the
     request is carried out first (the message is created or edited), then answered with the
-    error, as when Discord's edge loses the answer of a backend that did the work."""
+    error, as when Discord's edge loses the answer of a backend that did the work. With
+    ``delay`` the answer comes that many seconds late; with ``status`` None it is the normal
+    answer (a slow request, not a failed one)."""
 
     method: str
     path: str
-    status: int = 503
+    status: int | None = 503
     times: int = 1
     after_commit: bool = False
+    delay: float = 0.0
     served: list[str] = field(default_factory=list)  # the paths it answered
 
     def matches(self, method: str, path: str) -> bool:

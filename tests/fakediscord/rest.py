@@ -49,6 +49,8 @@ def error_middleware(fd: FakeDiscord) -> Any:
         if fault is not None:
             fault.times -= 1
             fault.served.append(request.path)
+            await asyncio.sleep(fault.delay)
+        if fault is not None and fault.status is not None:
             if fault.after_commit:
                 with contextlib.suppress(ApiError):
                     await handler(request)  # done, and its answer is lost

@@ -434,6 +434,12 @@ class FakeDiscord(MemberActions):
         self.faults.append(fault)
         return fault
 
+    def slow(self, method: str, path: str, seconds: float, *, times: int = 1) -> Fault:
+        """Answer the next ``times`` matching requests normally, but ``seconds`` late."""
+        fault = Fault(method.upper(), path, None, times, delay=seconds)
+        self.faults.append(fault)
+        return fault
+
     def remember_nonce(self, author: FakeUser, nonce: str, message: FakeMessage) -> None:
         self._nonces[(author.id, nonce)] = (time.monotonic(), message)
 

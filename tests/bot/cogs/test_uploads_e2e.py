@@ -108,6 +108,24 @@ async def test_an_upload_becomes_an_image_to_image_result(fd, bot):
     assert row["upload"] == f"uploads/{gen_id}.png" and row["source"] == "upload"
 
 
+async def test_a_job_that_starts_before_its_status_line_keeps_the_private_note(fd, bot):
+    """The upload's job can start while the public status line is still being sent (here
+    Discord takes a second to create it): "starting…" must not overwrite the member's private
+    "passed the checks" note, and the result still arrives."""
+    eli = fd.add_member("eli")
+    slow = fd.slow("POST", r"/webhooks/\d+/[^/]+$", 1.0)  # the followup: the status line
+    handle = await upload_imagine(fd, eli, encode(two_tone(200, 100), "PNG"), "sketch.png")
+    gen_id = await queued_id(handle)
+    message = await result(fd, gen_id)
+    assert slow.served, "the status line was not slowed"
+    assert "passed the checks" in handle.original.content, handle.original.content
+    assert f"from an image uploaded by <@{eli.id}>" in message.content
+    # The status line, sent after the result was out, goes too.
+    await fd.wait_until(
+        lambda: handle.followups and all(m.deleted for m in handle.followups), timeout=10
+    )
+
+
 async def test_aspect_and_strength_apply_to_an_upload(fd, bot):
     """With aspect the upload is cropped to it; strength is recorded."""
     bo = fd.add_member("bo")
