@@ -930,23 +930,32 @@ class Engine:
             short, long = (width, height) if width <= height else (height, width)
             new_long = int(shortest * long / short)
             size = (new_long, shortest) if width <= height else (shortest, new_long)
+            # On a CPU, torch resizes bytes itself (about 10× faster than floats, and as close
+            # to PIL); a GPU resizes floats, rounded to bytes after each pass.
+            on_cpu = x.device.type == "cpu"
+            if on_cpu:
+                x = x.to(torch.uint8).contiguous(memory_format=torch.channels_last)
             # As PIL does: the width first, then the height, bytes to bytes in each pass.
             for target in ((height, size[1]), size):
                 if tuple(x.shape[-2:]) != tuple(target):
                     x = F.interpolate(x, size=target, mode=mode, antialias=True)
-                    x = x.round().clamp(0, 255)
+                    x = x if on_cpu else x.round().clamp(0, 255)
         if crop_h:
             height, width = x.shape[-2:]
             if height < crop_h or width < crop_w:
                 return _clip_input_pil(fe, images).to(images.device, dtype)
             top, left = (height - crop_h) // 2, (width - crop_w) // 2
             x = x[..., top : top + crop_h, left : left + crop_w]
-        if fe.do_rescale:
-            x = x * float(fe.rescale_factor)
+        x = x.contiguous().float()
+        # Rescale and normalise as one multiply-add per pixel: x · (r / std) − mean / std.
+        scale = torch.full((3,), float(fe.rescale_factor) if fe.do_rescale else 1.0)
+        bias = torch.zeros(3)
         if fe.do_normalize:
-            mean = torch.tensor(fe.image_mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(fe.image_std, device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
+            std = torch.tensor(fe.image_std, dtype=torch.float32)
+            scale, bias = scale / std, -torch.tensor(fe.image_mean, dtype=torch.float32) / std
+        x = torch.addcmul(
+            bias.to(x.device).view(1, -1, 1, 1), x, scale.to(x.device).view(1, -1, 1, 1)
+        )
         return x.to(dtype)
 
     def _to_image(

@@ -4,6 +4,7 @@ checker with its per-concept scores."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -29,6 +30,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DECODE_CHUNK = 4  # latents decoded per VAE call: bounded memory on big frames
+CHECK_CHUNK = 16  # pictures per safety-checker call: a film's 16 frames in one
+
+# How far under every line (CLIP similarity − threshold) a bf16 score must lie for the picture
+# to be clear without an fp32 look. bf16 moved the similarities of random tiny and SD 1.5-sized
+# checkers by at most 0.0015 here; the margin is over ten times that.
+FAST_CHECK_MARGIN = 0.02
+
+
+def clearly_clear(scores: Sequence[ConceptScore], margin: float = FAST_CHECK_MARGIN) -> bool:
+    """Whether every concept and special-care similarity is `margin` or more under its line:
+    then no error smaller than `margin` can make the checker flag the picture."""
+    return all(s.similarity - s.threshold <= -margin for s in scores)
 
 
 def _why(name: str, error: Exception) -> str:
@@ -202,10 +215,13 @@ class LabTools:
         self, pictures: Sequence[Pixels | Bytes | Image]
     ) -> list[tuple[bool, tuple[ConceptScore, ...]]]:
         """The safety checker's verdict and per-concept scores for each picture, computed as
-        `StableDiffusionSafetyChecker.forward` computes them (without blacking anything out)."""
-        import torch
-        from torch.nn.functional import normalize
+        `StableDiffusionSafetyChecker.forward` computes them (without blacking anything out).
 
+        A lab view shows the checker a dozen pictures or more. Where the checker runs in fp32
+        on a CPU that computes bf16 natively, they are first scored in bf16 (about 3.5× faster
+        there): a picture that lies at least `FAST_CHECK_MARGIN` under every line is clear;
+        any other is scored again in fp32, which alone flags a picture and gives the
+        moderators' numbers. So the verdicts are fp32's."""
         from .draw import to_image
 
         checker, extractor = self.engine.safety_checker, self.engine.feature_extractor
@@ -213,33 +229,75 @@ class LabTools:
             return [(False, ()) for _ in pictures]
         images = [to_image(p) for p in pictures]
         out: list[tuple[bool, tuple[ConceptScore, ...]]] = []
-        for start in range(0, len(images), 8):
-            clip_input = self._checker_input(images[start : start + 8])
-            with torch.inference_mode():
-                pooled = checker.vision_model(clip_input)[1]
-                embeds = checker.visual_projection(pooled)
-                special = torch.mm(normalize(embeds), normalize(checker.special_care_embeds).t())
-                concept = torch.mm(normalize(embeds), normalize(checker.concept_embeds).t())
-            special_np = special.cpu().float().numpy()
-            concept_np = concept.cpu().float().numpy()
-            special_w = checker.special_care_embeds_weights.detach().cpu().float().numpy()
-            concept_w = checker.concept_embeds_weights.detach().cpu().float().numpy()
-            for row in range(special_np.shape[0]):
-                scores: list[ConceptScore] = []
-                adjustment = 0.0
-                for k in range(special_np.shape[1]):
-                    sim, threshold = float(special_np[row, k]), float(special_w[k])
-                    score = round(sim - threshold + adjustment, 3)
-                    scores.append(ConceptScore("special", k, sim, threshold, score))
-                    if score > 0:
-                        adjustment = 0.01
-                flagged = False
-                for k in range(concept_np.shape[1]):
-                    sim, threshold = float(concept_np[row, k]), float(concept_w[k])
-                    score = round(sim - threshold + adjustment, 3)
-                    scores.append(ConceptScore("concept", k, sim, threshold, score))
-                    flagged = flagged or score > 0
-                out.append((flagged, tuple(scores)))
+        for start in range(0, len(images), CHECK_CHUNK):
+            clip_input = self._checker_input(images[start : start + CHECK_CHUNK])
+            if not self.fast_checks:
+                out.extend(self._scores(clip_input, fast=False))
+                continue
+            rows = self._scores(clip_input, fast=True)
+            unsure = [k for k, (_, scores) in enumerate(rows) if not clearly_clear(scores)]
+            if unsure:
+                exact = self._scores(clip_input[unsure], fast=False)
+                for k, row in zip(unsure, exact, strict=True):
+                    rows[k] = row
+            out.extend(rows)
+        return out
+
+    @functools.cached_property
+    def fast_checks(self) -> bool:
+        """Whether `check` scores in bf16 first: an fp32 checker on a CPU with native bf16
+        (elsewhere bf16 is slower, and a GPU's checker already runs in the model's dtype)."""
+        import torch
+
+        checker = self.engine.safety_checker
+        return (
+            checker is not None
+            and checker.dtype == torch.float32
+            and torch.device(self.engine.device).type == "cpu"
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        )
+
+    def _scores(
+        self, clip_input: torch.Tensor, *, fast: bool
+    ) -> list[tuple[bool, tuple[ConceptScore, ...]]]:
+        """Verdict and scores of a batch of checker inputs, in bf16 (`fast`) or as it is."""
+        import contextlib
+
+        import torch
+        from torch.nn.functional import normalize
+
+        checker = self.engine.safety_checker
+        precision = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
+        )
+        with torch.inference_mode():
+            with precision:
+                embeds = checker.visual_projection(checker.vision_model(clip_input)[1])
+            # The similarities themselves in the checker's own dtype (bf16 would round them).
+            embeds = normalize(embeds.to(checker.dtype))
+            special = torch.mm(embeds, normalize(checker.special_care_embeds).t())
+            concept = torch.mm(embeds, normalize(checker.concept_embeds).t())
+        special_np = special.cpu().float().numpy()
+        concept_np = concept.cpu().float().numpy()
+        special_w = checker.special_care_embeds_weights.detach().cpu().float().numpy()
+        concept_w = checker.concept_embeds_weights.detach().cpu().float().numpy()
+        out: list[tuple[bool, tuple[ConceptScore, ...]]] = []
+        for row in range(special_np.shape[0]):
+            scores: list[ConceptScore] = []
+            adjustment = 0.0
+            for k in range(special_np.shape[1]):
+                sim, threshold = float(special_np[row, k]), float(special_w[k])
+                score = round(sim - threshold + adjustment, 3)
+                scores.append(ConceptScore("special", k, sim, threshold, score))
+                if score > 0:
+                    adjustment = 0.01
+            flagged = False
+            for k in range(concept_np.shape[1]):
+                sim, threshold = float(concept_np[row, k]), float(concept_w[k])
+                score = round(sim - threshold + adjustment, 3)
+                scores.append(ConceptScore("concept", k, sim, threshold, score))
+                flagged = flagged or score > 0
+            out.append((flagged, tuple(scores)))
         return out
 
     def _checker_input(self, images: Sequence[Image]) -> torch.Tensor:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from inference.engine import Engine, EngineConfig
 from inference.lab.spec import LabConfig, LabRequest
+from inference.lab.tools import clearly_clear
 from inference.lab.words import AttentionMaps, WatchingAttnProcessor, prompt_words
 from inference.request import SAMPLERS, GenerationRequest, Limits, validate
 
@@ -259,6 +260,39 @@ def test_safety_scores_agree_with_the_checker(engine, flagging_model_dir):
     assert len(scores) == 20 and all(s.score > 0 for s in scores if s.group == "concept")
     [made] = flagging.run([recipe(job_id="16")])
     assert made.images[0].nsfw and made.images[0].safety_scores  # why, kept for moderators
+
+
+def test_fast_checks_give_the_full_precision_verdicts(tiny_model_dir):
+    """Scored first in bf16, a picture near or over a line is scored again in fp32: verdicts
+    and the moderators' numbers are fp32's; only clearly clear pictures keep bf16 scores."""
+    engine = Engine(EngineConfig(model=tiny_model_dir, device="cpu")).load()
+    tools = engine.lab
+    noise = [np.random.default_rng(k).random((64, 64, 3), dtype=np.float32) for k in range(3)]
+    plain = [np.full((64, 64, 3), colour, np.float32) for colour in ([0, 0, 0], [1, 1, 1])]
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None], (64, 1, 3))
+    images = [*noise, *plain, ramp]
+    tools.__dict__["fast_checks"] = False
+    similarity = tools.check(images)[0][1][3].similarity  # concept 0 (after 3 special-care)
+    # Picture 0 just under concept 0's line: closer than bf16 can tell apart.
+    with torch.no_grad():
+        engine.safety_checker.concept_embeds_weights[0] = similarity + 0.0004
+    exact = tools.check(images)
+    tools.__dict__["fast_checks"] = True
+    fast = tools.check(images)
+    assert [f for f, _ in fast] == [f for f, _ in exact]
+    assert not exact[0][0] and any(f for f, _ in exact)
+    clear = 0
+    for (flagged, scores), (_, exact_scores) in zip(fast, exact, strict=True):
+        # fp32 of a smaller batch differs from the whole batch's in the last bits only.
+        rescored = all(
+            abs(a.similarity - b.similarity) < 1e-6
+            for a, b in zip(scores, exact_scores, strict=True)
+        )
+        if flagged or not clearly_clear(exact_scores):
+            assert rescored and [a.score for a in scores] == [b.score for b in exact_scores]
+        else:
+            clear += not rescored  # kept from bf16
+    assert clear, "no picture was cleared by the bf16 scores"
 
 
 def test_steps_of_a_variation_start_from_its_source(engine):
