@@ -148,7 +148,7 @@ class ModerationSettings:
 
 @dataclass(frozen=True)
 class LabSettings:
-    frame_decoder: str = ""
+    frame_decoder: str = "auto"
     clip_model: str = "openai/clip-vit-base-patch32"
     clip_in_results: bool = True
     max_grid_cells: int = field(default=16, metadata=_range(1, 25))

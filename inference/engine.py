@@ -251,7 +251,7 @@ class Engine:
         self._base_scheduler_config: Any = None
         self.load_seconds = 0.0
         self._oom_injections = int(config.extra.get("fail_oom_above", 0))
-        self._preview_decoder: Any = None
+        self.preview_decoder: Any = None  # the AutoencoderTiny of `config.preview_decoder`
         self._on_preview: PreviewCallback | None = None
         self._run_started = 0.0
         self._next_preview = 0.0
@@ -330,7 +330,7 @@ class Engine:
 
             pipe.unet.set_attn_processor(AttnProcessor2_0())
         if self.config.preview_decoder:
-            self._preview_decoder = self._load_preview_decoder(self.config.preview_decoder)
+            self.preview_decoder = self._load_preview_decoder(self.config.preview_decoder)
         if self.config.compile:
             self._compile(pipe)
         self.pipe = pipe
@@ -751,7 +751,7 @@ class Engine:
         import torch
         import torch.nn.functional as F
 
-        decoder = self._preview_decoder
+        decoder = self.preview_decoder
         if decoder is not None:
             scaled = latents.to(decoder.dtype) / decoder.config.scaling_factor
             decoded = decoder.decode(scaled, return_dict=False)[0].float()

@@ -31,7 +31,7 @@ class LabConfig:
     """How the worker runs lab views (part of `EngineConfig`, so pickle-safe)."""
 
     # diffusers AutoencoderTiny (hub id or folder, e.g. madebyollin/taesd) for film frames;
-    # empty = the model's own VAE.
+    # "auto" = the preview decoder, or TAESD for SD 1.x/2.x and SDXL; empty = the model's VAE.
     frame_decoder: str = ""
     # CLIP model (hub id or folder) for the CLIP view and the line in results; empty = off.
     clip_model: str = ""

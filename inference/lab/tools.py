@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DECODE_CHUNK = 4  # latents decoded per VAE call: bounded memory on big frames
+# lab.frame_decoder = "auto": the model's preview decoder when one is set, else the tiny
+# autoencoder made for the model's latent space (madebyollin's TAESD), else the VAE.
+AUTO_FRAME_DECODERS = {
+    "StableDiffusionPipeline": "madebyollin/taesd",
+    "StableDiffusionXLPipeline": "madebyollin/taesdxl",
+}
 CHECK_CHUNK = 16  # pictures per safety-checker call: a film's 16 frames in one
 
 # How far under every line (CLIP similarity − threshold) a bf16 score must lie for the picture
@@ -72,15 +78,21 @@ class LabTools:
         """Load the configured frame decoder and CLIP model; one warning for each that cannot
         be loaded (the lab then uses the VAE, or says the CLIP view is off)."""
         engine = self.engine
-        if self.config.frame_decoder:
+        name = self.config.frame_decoder
+        if name == "auto" and engine.preview_decoder is not None:
+            self.frame_decoder = engine.preview_decoder  # already loaded, and made for this model
+            name = ""
+        elif name == "auto":
+            name = AUTO_FRAME_DECODERS.get(type(engine.pipe).__name__, "")
+        if name:
             from diffusers import AutoencoderTiny
 
             try:
-                self.frame_decoder = AutoencoderTiny.from_pretrained(
-                    self.config.frame_decoder, dtype=engine.dtype
-                ).to(engine.device)
+                self.frame_decoder = AutoencoderTiny.from_pretrained(name, dtype=engine.dtype).to(
+                    engine.device
+                )
             except Exception as error:
-                self.frame_note = _why(self.config.frame_decoder, error)
+                self.frame_note = _why(name, error)
                 log.warning("Lab frame decoder off, using the VAE: %s", self.frame_note)
         if self.config.clip_model:
             from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer

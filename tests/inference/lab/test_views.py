@@ -100,6 +100,32 @@ def test_steps_with_the_tiny_frame_decoder(tiny_model_dir, tiny_frame_decoder_di
     assert np.abs(frames[0] - frames[-1]).mean() > 0  # the tiny decoder drew the others
 
 
+def test_auto_frame_decoder(tiny_model_dir, tiny_frame_decoder_dir, monkeypatch, caplog):
+    """`auto` takes the preview decoder when one is loaded, else the tiny autoencoder made for
+    the pipeline's family; one that cannot be loaded leaves the VAE, with one warning."""
+    from inference.lab import tools
+
+    auto = LabConfig(frame_decoder="auto")
+    shared = Engine(
+        EngineConfig(
+            model=tiny_model_dir, device="cpu", preview_decoder=tiny_frame_decoder_dir, lab=auto
+        )
+    ).load()
+    assert shared.lab.frame_decoder is shared.preview_decoder is not None
+    # Offline, the hub's TAESD is not there: the VAE, and the reason why.
+    offline = Engine(EngineConfig(model=tiny_model_dir, device="cpu", lab=auto)).load()
+    assert offline.lab.frame_decoder is None
+    assert "madebyollin/taesd" in offline.lab.frame_note
+    assert "Lab frame decoder off" in caplog.text
+    monkeypatch.setitem(
+        tools.AUTO_FRAME_DECODERS, "StableDiffusionPipeline", tiny_frame_decoder_dir
+    )
+    found = Engine(EngineConfig(model=tiny_model_dir, device="cpu", lab=auto)).load()
+    assert found.lab.frame_decoder is not None and not found.lab.frame_note
+    [film] = found.run([recipe(job_id="6", lab=LabRequest("steps"))])
+    assert film.lab.data["decoder"] == "tiny"
+
+
 def test_prompt_words_merge_bpe_pieces(engine):
     """The tiny tokenizer has no merges, so every letter is a piece: they are merged back into
     words at CLIP's end-of-word marks, punctuation left out."""
