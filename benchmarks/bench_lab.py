@@ -8,7 +8,10 @@ Paired runs (plain, then each view, repeated): the ratio view / plain, min/media
 (issue 10): Steps and Words within 1.3× of a plain generation, Noise under 0.2×. Weights are
 random (nothing is downloaded); the SD 1.5-shaped pipeline gets a real-size safety checker
 (CLIP ViT-L/14 vision tower), the lab a ViT-B/32-sized CLIP and, in the "tiny decoder" rows, a
-TAESD-sized AutoencoderTiny as `lab.frame_decoder`. Set OMP_NUM_THREADS=1 on a shared machine.
+TAESD-sized AutoencoderTiny as `lab.frame_decoder` (what the default "auto" loads for SD 1.5).
+On a CPU with native bf16 the lab's safety checks run bf16 first (fp32 near a line); the random
+checker's scores lie far under its lines, so here every check takes that path.
+Set OMP_NUM_THREADS=1 on a shared machine.
 """
 
 from __future__ import annotations

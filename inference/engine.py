@@ -924,7 +924,7 @@ class Engine:
         if plan is None:  # a feature extractor configured some other way: use it as it is
             return _clip_input_pil(fe, images).to(images.device, dtype)
         shortest, (crop_h, crop_w), mode = plan
-        x = images.float().mul(255).round()
+        x = images.float().mul(255).round().clamp(0, 255)
         if shortest:
             height, width = x.shape[-2:]
             short, long = (width, height) if width <= height else (height, width)

@@ -32,6 +32,7 @@ class LabConfig:
 
     # diffusers AutoencoderTiny (hub id or folder, e.g. madebyollin/taesd) for film frames;
     # "auto" = the preview decoder, or TAESD for SD 1.x/2.x and SDXL; empty = the model's VAE.
+    # Empty here (nothing fetched unasked); the bot's setting defaults to "auto".
     frame_decoder: str = ""
     # CLIP model (hub id or folder) for the CLIP view and the line in results; empty = off.
     clip_model: str = ""

@@ -44,17 +44,54 @@ CHECK_CHUNK = 16  # pictures per safety-checker call: a film's 16 frames in one
 FAST_CHECK_MARGIN = 0.02
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, Arm BF16), as Linux
+    reports it; elsewhere, or when it cannot tell, no."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def clearly_clear(scores: Sequence[ConceptScore], margin: float = FAST_CHECK_MARGIN) -> bool:
     """Whether every concept and special-care similarity is `margin` or more under its line:
     then no error smaller than `margin` can make the checker flag the picture."""
     return all(s.similarity - s.threshold <= -margin for s in scores)
 
 
-def _why(name: str, error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") and not os.path.isdir(name):
-        return f"{name!r} is not in the local cache and the hub is offline"
-    return f"{name!r} could not be loaded ({text})"
+class _HubAccess:
+    """Whether the hub can be reached, asked once per load and only for a hub id: without it,
+    only the local cache is read (one clear sentence, not minutes of retries)."""
+
+    def __init__(self) -> None:
+        self._unreachable: str | None = None
+        self._asked = False
+
+    def where(self, name: str) -> dict[str, Any]:
+        if os.path.isdir(name):
+            return {}
+        if not self._asked:
+            from ..engine import hub_unreachable
+
+            self._unreachable, self._asked = hub_unreachable(), True
+        return {"local_files_only": True} if self._unreachable else {}
+
+    def why(self, name: str, error: Exception) -> str:
+        """One line on why `name` could not be loaded."""
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not os.path.isdir(name):
+            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+                return f"{name!r} is not in the local cache and the hub is offline"
+            if self._unreachable:
+                return (
+                    f"{name!r} is not in the local cache and {self._unreachable} cannot be reached"
+                )
+        return f"{name!r} could not be loaded ({text})"
 
 
 class LabTools:
@@ -84,29 +121,32 @@ class LabTools:
             name = ""
         elif name == "auto":
             name = AUTO_FRAME_DECODERS.get(type(engine.pipe).__name__, "")
+        hub = _HubAccess()
         if name:
             from diffusers import AutoencoderTiny
 
             try:
-                self.frame_decoder = AutoencoderTiny.from_pretrained(name, dtype=engine.dtype).to(
-                    engine.device
+                decoder = AutoencoderTiny.from_pretrained(
+                    name, dtype=engine.dtype, **hub.where(name)
                 )
+                self.frame_decoder = decoder.to(engine.device)
             except Exception as error:
-                self.frame_note = _why(name, error)
+                self.frame_note = hub.why(name, error)
                 log.warning("Lab frame decoder off, using the VAE: %s", self.frame_note)
         if self.config.clip_model:
             from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+            name = self.config.clip_model
             try:
-                name = self.config.clip_model
-                model: Any = CLIPModel.from_pretrained(name, dtype=engine.dtype)
+                where = hub.where(name)
+                model: Any = CLIPModel.from_pretrained(name, dtype=engine.dtype, **where)
                 self.clip = model.to(engine.device)
-                self.clip_tokenizer = CLIPTokenizer.from_pretrained(name)
-                self.clip_processor = CLIPImageProcessor.from_pretrained(name)
+                self.clip_tokenizer = CLIPTokenizer.from_pretrained(name, **where)
+                self.clip_processor = CLIPImageProcessor.from_pretrained(name, **where)
                 self.clip.eval()
             except Exception as error:
                 self.clip = None
-                self.clip_note = _why(self.config.clip_model, error)
+                self.clip_note = hub.why(name, error)
                 log.warning("The lab's CLIP view is off: %s", self.clip_note)
         return self
 
@@ -266,7 +306,7 @@ class LabTools:
             checker is not None
             and checker.dtype == torch.float32
             and torch.device(self.engine.device).type == "cpu"
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and cpu_has_native_bf16()
         )
 
     def _scores(

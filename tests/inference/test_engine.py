@@ -316,7 +316,7 @@ def test_tiny_decoder_makes_the_previews(tiny_model_dir, preview_decoder_dir, cl
     base = dict(model=tiny_model_dir, device="cpu", preview_interval=1.0)
     linear = Engine(EngineConfig(**base)).load()
     tiny = Engine(EngineConfig(**base, preview_decoder=preview_decoder_dir)).load()
-    assert type(tiny._preview_decoder).__name__ == "AutoencoderTiny"
+    assert type(tiny.preview_decoder).__name__ == "AutoencoderTiny"
     _, by_linear = run_with_steps(linear, clock, [request(steps=4, width=80, height=48)])
     _, by_tiny = run_with_steps(tiny, clock, [request(steps=4, width=80, height=48)])
     assert [s for s, _, _ in by_tiny] == [s for s, _, _ in by_linear] == [2, 3]
