@@ -128,6 +128,29 @@ def test_auto_frame_decoder(tiny_model_dir, tiny_frame_decoder_dir, monkeypatch,
     assert film.lab.data["decoder"] == "tiny"
 
 
+def test_lab_models_come_from_the_cache_when_the_hub_cannot_be_reached(tiny_model_dir, monkeypatch):
+    """Without the hub, the lab's hub models are looked up in the local cache only (no
+    retries), and the note says the hub could not be reached."""
+    import inference.engine
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(inference.engine, "hub_unreachable", lambda: "huggingface.co:443")
+    asked: list[dict] = []
+
+    def from_pretrained(name, **options):
+        asked.append(options)
+        raise OSError("not cached")
+
+    monkeypatch.setattr("diffusers.AutoencoderTiny.from_pretrained", from_pretrained)
+    monkeypatch.setattr("transformers.CLIPModel.from_pretrained", from_pretrained)
+    config = LabConfig(frame_decoder="easel-tests/taesd", clip_model="easel-tests/clip")
+    lab = Engine(EngineConfig(model=tiny_model_dir, device="cpu", lab=config)).load().lab
+    assert [a.get("local_files_only") for a in asked] == [True, True]
+    assert lab.frame_decoder is None and lab.clip is None
+    assert "huggingface.co:443 cannot be reached" in lab.frame_note
+    assert "huggingface.co:443 cannot be reached" in lab.clip_note
+
+
 def test_prompt_words_merge_bpe_pieces(engine):
     """The tiny tokenizer has no merges, so every letter is a piece: they are merged back into
     words at CLIP's end-of-word marks, punctuation left out."""
