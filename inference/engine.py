@@ -1046,13 +1046,24 @@ def _looks_like_path(model: str) -> bool:
 _PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set, read as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def error_line(error: Exception) -> str:
+    """An exception's first line, or its type's name when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def hub_unreachable(timeout: float = 5.0) -> str | None:
     """The hub's host:port if a TCP connection to it fails (None: reachable, or unknown).
 
     One connection attempt with a timeout, where huggingface_hub would retry every file for
     half a minute. Behind a proxy the hub is not asked directly, so nothing is probed.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         return None  # huggingface_hub itself stays offline
     if any(os.environ.get(name) for name in _PROXIES):
         return None
@@ -1089,13 +1100,12 @@ def _network_failure(error: BaseException) -> bool:
 
 
 def _explain_load_error(model: str, error: Exception, *, unreachable: str | None = None) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = error_line(error)
     if os.path.isdir(model):
         return f"{model!r} is not a diffusers model folder ({text})."
-    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
     if (
         unreachable
-        or offline
+        or hub_offline()
         or _network_failure(error)
         or "connect" in text.lower()
         or "offline" in text.lower()

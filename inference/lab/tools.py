@@ -68,30 +68,29 @@ class _HubAccess:
     """Whether the hub can be reached, asked once per load and only for a hub id: without it,
     only the local cache is read (one clear sentence, not minutes of retries)."""
 
-    def __init__(self) -> None:
-        self._unreachable: str | None = None
-        self._asked = False
+    @functools.cached_property
+    def unreachable(self) -> str | None:
+        from ..engine import hub_unreachable
+
+        return hub_unreachable()
 
     def where(self, name: str) -> dict[str, Any]:
-        if os.path.isdir(name):
+        if os.path.isdir(name) or not self.unreachable:
             return {}
-        if not self._asked:
-            from ..engine import hub_unreachable
-
-            self._unreachable, self._asked = hub_unreachable(), True
-        return {"local_files_only": True} if self._unreachable else {}
+        return {"local_files_only": True}
 
     def why(self, name: str, error: Exception) -> str:
         """One line on why `name` could not be loaded."""
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        from ..engine import error_line, hub_offline
+
         if not os.path.isdir(name):
-            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+            if hub_offline():
                 return f"{name!r} is not in the local cache and the hub is offline"
-            if self._unreachable:
+            if self.unreachable:
                 return (
-                    f"{name!r} is not in the local cache and {self._unreachable} cannot be reached"
+                    f"{name!r} is not in the local cache and {self.unreachable} cannot be reached"
                 )
-        return f"{name!r} could not be loaded ({text})"
+        return f"{name!r} could not be loaded ({error_line(error)})"
 
 
 class LabTools:
